@@ -1,0 +1,103 @@
+package dbusapi
+
+import (
+	"context"
+	"time"
+)
+
+// Kind tells which API an app registered through.
+type Kind string
+
+const (
+	KindLomiri      Kind = "lomiri"
+	KindUnifiedPush Kind = "unifiedpush"
+)
+
+// UPRegistration is a UnifiedPush Register call, after the caller was identified.
+type UPRegistration struct {
+	AppID       string // app id of the caller (from its identity), or Service when unconfined
+	Service     string // connector bus name
+	Token       string // connector's token, 1..100 bytes
+	Description string
+	VAPID       string // optional base64url P-256 public key (87 chars)
+	Version     int    // 1 (Distributor1) or 2 (Distributor2)
+}
+
+// Registration is one registration as the management interface shows it.
+type Registration struct {
+	AppID      string
+	Kind       Kind
+	Endpoint   string // full push endpoint URL
+	Service    string // UnifiedPush connector bus name
+	Version    int    // UnifiedPush interface version
+	Queued     int    // messages queued for the app, not yet taken
+	Registered time.Time
+}
+
+// InboxEntry is one inbox message as the management interface shows it.
+type InboxEntry struct {
+	MsgID    string
+	AppID    string
+	Step     string // received, processed, presented, queued, delivered
+	Received time.Time
+	Size     int
+}
+
+// Status is the daemon's connection state.
+type Status struct {
+	State          string // offline, idle, connecting, connected, backoff
+	Server         string
+	LastError      string
+	ConnectedSince time.Time // zero when not connected
+}
+
+// Backend is what the D-Bus surfaces need from the daemon. App ids passed in
+// are already validated and authorized. Implementations are safe for
+// concurrent use. Errors wrapping ErrNotRegistered, ErrOffline, ErrInvalid
+// map to specific D-Bus errors; others to a generic failure.
+type Backend interface {
+	// Lomiri PushNotifications: returns the endpoint token (the last path
+	// element of the endpoint URL). Idempotent per app id.
+	RegisterLomiri(ctx context.Context, appID string) (token string, err error)
+	UnregisterLomiri(ctx context.Context, appID string) error
+
+	// Lomiri Postal.
+	Post(ctx context.Context, appID string, payload []byte) error
+	PopAll(ctx context.Context, appID string) ([]string, error)
+	ListPersistent(ctx context.Context, appID string) ([]string, error)
+	ClearPersistent(ctx context.Context, appID string, tags []string) (uint32, error)
+	SetCounter(ctx context.Context, appID string, count int32, visible bool) error
+
+	// UnifiedPush distributor. RegisterUnifiedPush returns the endpoint URL;
+	// the Service then calls NewEndpoint on the connector.
+	RegisterUnifiedPush(ctx context.Context, r UPRegistration) (endpoint string, err error)
+	UnregisterUnifiedPush(ctx context.Context, token string) error
+
+	// Management.
+	Status(ctx context.Context) Status
+	Registrations(ctx context.Context) ([]Registration, error)
+	Inbox(ctx context.Context, appID string) ([]InboxEntry, error)
+	Counters(ctx context.Context) (map[string]uint64, error)
+	Reconnect(ctx context.Context) error
+}
+
+// UPMessage is one message for a UnifiedPush connector.
+type UPMessage struct {
+	Service string // connector bus name (activated when not running)
+	Token   string
+	Version int    // 1: Connector1.Message(s, ay, s); 2: Connector2.Message(a{sv})
+	ID      string // message id passed to the app; v2 acks by echoing it
+	Body    []byte // raw push body, 1..4096 bytes
+}
+
+// The daemon drives the Service (see service.go) through these methods:
+//
+//	New(cfg Config) (*Service, error)                 // Config{Conn, Backend, Logger, RequireConfinement, ...}
+//	(*Service).Start(ctx) error                       // export objects + introspection, then request names (DoNotQueue)
+//	(*Service).Close() error                          // release names, unexport
+//	(*Service).EmitPost(appID string) error           // Post(s) on com.lomiri.Postal and com.ubuntu.Postal
+//	(*Service).DeliverUnifiedPush(ctx, UPMessage) (acked bool, err error)
+//	(*Service).NewEndpoint(ctx, service, token, endpoint string, version int) error
+//	(*Service).Unregistered(ctx, service, token string, version int) error
+//	(*Service).Activatable(ctx, service string) (bool, error)
+//	(*Service).SetStatus(Status)                      // org.herald.Daemon1 properties + PropertiesChanged
