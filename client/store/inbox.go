@@ -1,0 +1,323 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Incoming is one message received from the server.
+type Incoming struct {
+	MsgID     string
+	AppID     string
+	ChannelID string
+	Version   string
+	Body      []byte
+	Received  time.Time
+	Expires   time.Time // zero: no device-side expiry
+}
+
+// Message is one inbox row.
+type Message struct {
+	Seq          int64
+	MsgID        string
+	AppID        string
+	ChannelID    string
+	Version      string
+	Body         []byte
+	Received     time.Time
+	Expires      time.Time
+	Step         string
+	Attempts     int
+	NextAttempt  time.Time
+	Output       []byte // the message queued for the app (helper output "message")
+	Notification []byte // the helper's notification, JSON; nil when none
+}
+
+// Expired reports whether m's TTL has passed at now.
+func (m *Message) Expired(now time.Time) bool {
+	return !m.Expires.IsZero() && !now.Before(m.Expires)
+}
+
+// Receive stores a batch of received messages in one transaction, together
+// with their (channel id, version) in the seen set. It returns, for each
+// message, whether it was a duplicate (already seen): duplicates are not
+// stored again. Either the whole batch is stored or nothing is.
+func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err error) {
+	dup = make([]bool, len(msgs))
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		seen, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO seen(channel_id, version, received) VALUES(?, ?, ?)")
+		if err != nil {
+			return err
+		}
+		defer seen.Close()
+		ins, err := tx.PrepareContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')")
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		n := 0
+		for i, m := range msgs {
+			res, err := seen.ExecContext(ctx, m.ChannelID, m.Version, unixMilli(m.Received))
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k == 0 {
+				dup[i] = true
+				continue
+			}
+			body := m.Body
+			if body == nil {
+				body = []byte{}
+			}
+			if _, err := ins.ExecContext(ctx, m.MsgID, m.AppID, m.ChannelID, m.Version, body, unixMilli(m.Received), unixMilli(m.Expires)); err != nil {
+				return err
+			}
+			n++
+		}
+		if n > 0 {
+			if _, err := tx.ExecContext(ctx, incrSQL, "messages_received", n); err != nil {
+				return err
+			}
+		}
+		if d := len(msgs) - n; d > 0 {
+			if _, err := tx.ExecContext(ctx, incrSQL, "duplicates", d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot store %d received messages: %w", len(msgs), err)
+	}
+	return dup, nil
+}
+
+// Post stores a message that did not come from the server (Postal.Post).
+func (s *Store) Post(ctx context.Context, m Incoming) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
+		m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires))
+	if err != nil {
+		return fmt.Errorf("cannot store posted message for %q: %w", m.AppID, err)
+	}
+	return nil
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// PruneSeen forgets seen ids received before t (older than any TTL).
+func (s *Store) PruneSeen(ctx context.Context, before time.Time) error {
+	_, err := s.db.ExecContext(ctx, "DELETE FROM seen WHERE received < ?", unixMilli(before))
+	if err != nil {
+		return fmt.Errorf("cannot prune seen ids: %w", err)
+	}
+	return nil
+}
+
+const msgColumns = "seq, msg_id, app_id, channel_id, version, body, received, expires, step, attempts, next_attempt, message, notification"
+
+func scanMessage(sc interface{ Scan(...any) error }) (Message, error) {
+	var m Message
+	var rec, exp, next int64
+	err := sc.Scan(&m.Seq, &m.MsgID, &m.AppID, &m.ChannelID, &m.Version, &m.Body, &rec, &exp, &m.Step, &m.Attempts, &next, &m.Output, &m.Notification)
+	m.Received, m.Expires, m.NextAttempt = fromMilli(rec), fromMilli(exp), fromMilli(next)
+	return m, err
+}
+
+func (s *Store) messages(ctx context.Context, query string, args ...any) ([]Message, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT "+msgColumns+" FROM inbox "+query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read inbox: %w", err)
+	}
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read inbox: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Inbox returns appID's messages not yet delivered, oldest first ("" → all apps).
+func (s *Store) Inbox(ctx context.Context, appID string) ([]Message, error) {
+	if appID == "" {
+		return s.messages(ctx, "ORDER BY seq")
+	}
+	return s.messages(ctx, "WHERE app_id = ? ORDER BY seq", appID)
+}
+
+// Pending returns up to limit messages of appID that still have pipeline work
+// before the queued step, oldest first.
+func (s *Store) Pending(ctx context.Context, appID string, limit int) ([]Message, error) {
+	return s.messages(ctx, "WHERE app_id = ? AND step IN ('received','processed','presented') ORDER BY seq LIMIT ?", appID, limit)
+}
+
+// Head returns appID's oldest message (any step), for apps whose queue is
+// delivered one message at a time.
+func (s *Store) Head(ctx context.Context, appID string) (Message, error) {
+	ms, err := s.messages(ctx, "WHERE app_id = ? ORDER BY seq LIMIT 1", appID)
+	if err != nil {
+		return Message{}, err
+	}
+	if len(ms) == 0 {
+		return Message{}, ErrNotFound
+	}
+	return ms[0], nil
+}
+
+// AppsWithWork returns the app ids having messages in the inbox, and for
+// each the number of queued messages.
+func (s *Store) AppsWithWork(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT app_id, SUM(step = 'queued') FROM inbox GROUP BY app_id")
+	if err != nil {
+		return nil, fmt.Errorf("cannot read inbox: %w", err)
+	}
+	defer rows.Close()
+	m := map[string]int{}
+	for rows.Next() {
+		var app string
+		var n int
+		if err := rows.Scan(&app, &n); err != nil {
+			return nil, fmt.Errorf("cannot read inbox: %w", err)
+		}
+		m[app] = n
+	}
+	return m, rows.Err()
+}
+
+// Processed records the helper's output of a message: the message to queue
+// and the notification to present (nil: none). With no notification the
+// message goes straight to the queued step.
+func (s *Store) Processed(ctx context.Context, seq int64, output, notification []byte) error {
+	step := StepQueued
+	if notification != nil {
+		step = StepProcessed
+	}
+	return s.advance(ctx, seq, step, "message = ?, notification = ?", nonNil(output), notification)
+}
+
+// Presented records that a message's notification was shown (or skipped),
+// and queues it for its app.
+func (s *Store) Presented(ctx context.Context, seq int64) error {
+	return s.advance(ctx, seq, StepQueued, "")
+}
+
+// SetStep moves a message to step.
+func (s *Store) SetStep(ctx context.Context, seq int64, step string) error {
+	return s.advance(ctx, seq, step, "")
+}
+
+func (s *Store) advance(ctx context.Context, seq int64, step, set string, args ...any) error {
+	q := "UPDATE inbox SET step = ?"
+	if set != "" {
+		q += ", " + set
+	}
+	q += " WHERE seq = ?"
+	a := append([]any{step}, args...)
+	a = append(a, seq)
+	res, err := s.db.ExecContext(ctx, q, a...)
+	if err != nil {
+		return fmt.Errorf("cannot move message %d to %s: %w", seq, step, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("cannot move message %d to %s: %w", seq, step, ErrNotFound)
+	}
+	return nil
+}
+
+// Retry records a failed delivery attempt and when to try again.
+func (s *Store) Retry(ctx context.Context, seq int64, next time.Time) error {
+	_, err := s.db.ExecContext(ctx, "UPDATE inbox SET attempts = attempts + 1, next_attempt = ? WHERE seq = ?", unixMilli(next), seq)
+	if err != nil {
+		return fmt.Errorf("cannot record retry of message %d: %w", seq, err)
+	}
+	return nil
+}
+
+// Done removes a message that was delivered to its app, or dropped, and
+// counts it under counter (when not "").
+func (s *Store) Done(ctx context.Context, seq int64, counter string) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM inbox WHERE seq = ?", seq)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		if counter != "" {
+			_, err = tx.ExecContext(ctx, incrSQL, counter, 1)
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("cannot remove message %d: %w", seq, err)
+	}
+	return err
+}
+
+// PopAll returns and removes appID's queued messages, oldest first, in one
+// transaction. Messages expired at now are removed but not returned.
+func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]byte, error) {
+	var out [][]byte
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, "SELECT seq, expires, message FROM inbox WHERE app_id = ? AND step = 'queued' ORDER BY seq", appID)
+		if err != nil {
+			return err
+		}
+		var seqs []int64
+		expired := 0
+		for rows.Next() {
+			var seq, exp int64
+			var msg []byte
+			if err := rows.Scan(&seq, &exp, &msg); err != nil {
+				rows.Close()
+				return err
+			}
+			seqs = append(seqs, seq)
+			if exp != 0 && now.UnixMilli() >= exp {
+				expired++
+				continue
+			}
+			out = append(out, msg)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(seqs) == 0 {
+			return nil
+		}
+		del, err := tx.PrepareContext(ctx, "DELETE FROM inbox WHERE seq = ?")
+		if err != nil {
+			return err
+		}
+		defer del.Close()
+		for _, seq := range seqs {
+			if _, err := del.ExecContext(ctx, seq); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, incrSQL, "messages_delivered", len(out)); err != nil {
+			return err
+		}
+		if expired > 0 {
+			_, err = tx.ExecContext(ctx, incrSQL, "messages_expired", expired)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot take queued messages of %q: %w", appID, err)
+	}
+	return out, nil
+}

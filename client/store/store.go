@@ -1,0 +1,268 @@
+// Package store keeps the durable state of the device side of Herald in a
+// sqlite database: the server identity (uaid), the apps' registrations, the
+// inbox with the pipeline step of each message, the ids already seen (dedup),
+// the notifications shown and a few counters.
+//
+// The schema is migrated by PRAGMA user_version; a database written by a
+// newer Herald is refused instead of being damaged.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // sqlite driver
+)
+
+// SchemaVersion is the user_version this package writes.
+const SchemaVersion = 1
+
+// ErrNewerSchema is returned by Open for a database written by a newer version.
+var ErrNewerSchema = errors.New("database schema is newer than this program")
+
+// ErrNotFound is returned when a registration or message does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Pipeline steps of an inbox message, in order.
+const (
+	StepReceived  = "received"
+	StepProcessed = "processed"
+	StepPresented = "presented"
+	StepQueued    = "queued"
+	StepDelivered = "delivered"
+)
+
+// Kinds of registration.
+const (
+	KindLomiri      = "lomiri"
+	KindUnifiedPush = "unifiedpush"
+)
+
+var migrations = []string{
+	// 1: initial schema.
+	`
+CREATE TABLE state (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+CREATE TABLE registrations (
+	channel_id TEXT PRIMARY KEY,
+	app_id     TEXT NOT NULL,
+	kind       TEXT NOT NULL CHECK (kind IN ('lomiri', 'unifiedpush')),
+	endpoint   TEXT NOT NULL DEFAULT '',
+	service    TEXT NOT NULL DEFAULT '',
+	up_token   TEXT NOT NULL DEFAULT '',
+	up_version INTEGER NOT NULL DEFAULT 0,
+	vapid      TEXT NOT NULL DEFAULT '',
+	stale      INTEGER NOT NULL DEFAULT 0,
+	registered INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX registrations_lomiri ON registrations(app_id) WHERE kind = 'lomiri';
+CREATE UNIQUE INDEX registrations_up ON registrations(up_token) WHERE kind = 'unifiedpush';
+CREATE TABLE inbox (
+	seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+	msg_id       TEXT NOT NULL UNIQUE,
+	app_id       TEXT NOT NULL,
+	channel_id   TEXT NOT NULL,
+	version      TEXT NOT NULL,
+	body         BLOB,
+	received     INTEGER NOT NULL,
+	expires      INTEGER NOT NULL DEFAULT 0,
+	step         TEXT NOT NULL,
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt INTEGER NOT NULL DEFAULT 0,
+	message      BLOB,
+	notification BLOB
+);
+CREATE INDEX inbox_app ON inbox(app_id, seq);
+CREATE TABLE seen (
+	channel_id TEXT NOT NULL,
+	version    TEXT NOT NULL,
+	received   INTEGER NOT NULL,
+	PRIMARY KEY (channel_id, version)
+) WITHOUT ROWID;
+CREATE TABLE notifications (
+	id     INTEGER PRIMARY KEY,
+	app_id TEXT NOT NULL,
+	tag    TEXT NOT NULL DEFAULT '',
+	msg_id TEXT NOT NULL DEFAULT '',
+	card   BLOB,
+	shown  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX notifications_tag ON notifications(app_id, tag) WHERE tag != '';
+CREATE TABLE counters (
+	name  TEXT PRIMARY KEY,
+	value INTEGER NOT NULL
+);
+`,
+}
+
+// Options tune how the database is opened.
+type Options struct {
+	// Synchronous is the sqlite synchronous mode: "FULL" (default) makes
+	// every commit survive a power loss, "NORMAL" only a process crash.
+	Synchronous string
+}
+
+// Store is an open state database. It is safe for concurrent use.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	sync := opts.Synchronous
+	if sync == "" {
+		sync = "FULL"
+	}
+	switch sync {
+	case "FULL", "NORMAL", "OFF", "EXTRA":
+	default:
+		return nil, fmt.Errorf("invalid synchronous mode %q", sync)
+	}
+	q := url.Values{}
+	q.Set("_busy_timeout", "10000")
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", sync)
+	q.Set("_txlock", "immediate")
+	q.Set("_foreign_keys", "on")
+	db, err := sql.Open("sqlite3", "file:"+url.PathEscape(path)+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
+	}
+	db.SetMaxOpenConns(4)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxIdleTime(time.Minute)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) migrate(ctx context.Context) error {
+	var v int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("cannot read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("%w: schema version %d, this program knows up to %d", ErrNewerSchema, v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("cannot migrate schema to version %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// UAID returns the stored uaid, "" when none.
+func (s *Store) UAID(ctx context.Context) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, "SELECT value FROM state WHERE key = 'uaid'").Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("cannot read uaid: %w", err)
+	}
+	return v, nil
+}
+
+// SetUAID stores a new uaid. When it differs from the stored one, every
+// registration with an endpoint is marked stale in the same transaction: the
+// server forgot them and they must be registered again. It reports whether
+// the uaid changed.
+func (s *Store) SetUAID(ctx context.Context, uaid string) (changed bool, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		var old string
+		err := tx.QueryRowContext(ctx, "SELECT value FROM state WHERE key = 'uaid'").Scan(&old)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if old == uaid {
+			return nil
+		}
+		changed = true
+		if _, err := tx.ExecContext(ctx, "INSERT INTO state(key, value) VALUES('uaid', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", uaid); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, "UPDATE registrations SET stale = 1")
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("cannot store uaid: %w", err)
+	}
+	return changed, nil
+}
+
+func unixMilli(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMilli(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+// Incr adds delta to the named counter.
+func (s *Store) Incr(ctx context.Context, name string, delta uint64) error {
+	_, err := s.db.ExecContext(ctx, incrSQL, name, delta)
+	if err != nil {
+		return fmt.Errorf("cannot update counter %q: %w", name, err)
+	}
+	return nil
+}
+
+const incrSQL = "INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
+
+// Counters returns every counter.
+func (s *Store) Counters(ctx context.Context) (map[string]uint64, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT name, value FROM counters")
+	if err != nil {
+		return nil, fmt.Errorf("cannot read counters: %w", err)
+	}
+	defer rows.Close()
+	m := map[string]uint64{}
+	for rows.Next() {
+		var n string
+		var v int64
+		if err := rows.Scan(&n, &v); err != nil {
+			return nil, fmt.Errorf("cannot read counters: %w", err)
+		}
+		m[n] = uint64(v)
+	}
+	return m, rows.Err()
+}
