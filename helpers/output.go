@@ -1,0 +1,378 @@
+package helpers
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// Output is what a helper produced for one message: Message is queued for the
+// app (PopAll), Notification is presented. Both may be nil.
+type Output struct {
+	Message      json.RawMessage
+	Notification *Notification
+}
+
+// Notification is the "notification" object of the helper output.
+type Notification struct {
+	Tag           string
+	Card          *Card          // nil: no bubble, no persistent entry
+	Sound         *Sound         // nil: silent
+	Vibrate       *Vibration     // nil: no vibration
+	EmblemCounter *EmblemCounter // nil: counter unchanged
+}
+
+// Card is the visible part of a notification. ParseOutput drops a card
+// without a summary, so a non-nil Card always has one.
+type Card struct {
+	Summary, Body, Icon string
+	Actions             []string // URLs; the first is the default action
+	Timestamp           int64    // seconds since the epoch; 0 means now
+	Persist, Popup      bool
+}
+
+// Sound is "sound": true (Default) or "sound": "path" (Path, relative to the
+// app's sound directories).
+type Sound struct {
+	Default bool
+	Path    string
+}
+
+// Vibration is "vibrate": true (Default) or {"pattern": [ms…], "repeat": n}.
+// ParseOutput normalises Repeat 0 to 1 and drops a vibration with an empty
+// pattern.
+type Vibration struct {
+	Default bool
+	Pattern []uint32
+	Repeat  uint32
+}
+
+// EmblemCounter is the launcher badge of the app.
+type EmblemCounter struct {
+	Count   int32
+	Visible bool
+}
+
+// Errors wrapped by ParseOutput and Runner.Process. Callers branch on them
+// with errors.Is.
+var (
+	ErrBadOutput = errors.New("invalid helper output")
+	ErrNoOutput  = errors.New("helper wrote no output")
+	ErrExit      = errors.New("helper failed")
+	ErrTimeout   = errors.New("helper timed out")
+	ErrStart     = errors.New("cannot start helper")
+)
+
+var jsonNull = []byte("null")
+
+// ParseOutput parses helper output JSON (the Lomiri schema). It is strict
+// about types: a field of the wrong type makes the whole output invalid.
+// Unknown fields are ignored, and a null field is the same as a missing one.
+// The output must be a JSON object with a "message" (any JSON value, kept
+// compacted) or a "notification" object, otherwise there is nothing to do
+// and the error wraps ErrBadOutput.
+func ParseOutput(b []byte) (*Output, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadOutput, err)
+	}
+	if top == nil {
+		return nil, fmt.Errorf("%w: not a JSON object", ErrBadOutput)
+	}
+	out := &Output{}
+	if m, ok := top["message"]; ok {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, m); err != nil {
+			return nil, fmt.Errorf("%w: message: %w", ErrBadOutput, err)
+		}
+		out.Message = buf.Bytes()
+	}
+	if n, ok := top["notification"]; ok {
+		nt, err := parseNotification(n)
+		if err != nil {
+			return nil, fmt.Errorf("%w: notification: %w", ErrBadOutput, err)
+		}
+		out.Notification = nt
+	}
+	if out.Message == nil && out.Notification == nil {
+		return nil, fmt.Errorf("%w: neither message nor notification", ErrBadOutput)
+	}
+	return out, nil
+}
+
+func parseNotification(raw json.RawMessage) (*Notification, error) {
+	obj, err := object(raw)
+	if err != nil || obj == nil {
+		return nil, err
+	}
+	n := &Notification{}
+	if n.Tag, err = str(obj["tag"]); err != nil {
+		return nil, fmt.Errorf("tag: %w", err)
+	}
+	if n.Card, err = parseCard(obj["card"]); err != nil {
+		return nil, fmt.Errorf("card: %w", err)
+	}
+	if n.Sound, err = parseSound(obj["sound"]); err != nil {
+		return nil, fmt.Errorf("sound: %w", err)
+	}
+	if n.Vibrate, err = parseVibration(obj["vibrate"]); err != nil {
+		return nil, fmt.Errorf("vibrate: %w", err)
+	}
+	if n.EmblemCounter, err = parseCounter(obj["emblem-counter"]); err != nil {
+		return nil, fmt.Errorf("emblem-counter: %w", err)
+	}
+	return n, nil
+}
+
+func parseCard(raw json.RawMessage) (*Card, error) {
+	obj, err := object(raw)
+	if err != nil || obj == nil {
+		return nil, err
+	}
+	c := &Card{}
+	fields := []struct {
+		name string
+		dst  *string
+	}{{"summary", &c.Summary}, {"body", &c.Body}, {"icon", &c.Icon}}
+	for _, f := range fields {
+		if *f.dst, err = str(obj[f.name]); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.name, err)
+		}
+	}
+	if err := decode(obj["actions"], &c.Actions); err != nil {
+		return nil, fmt.Errorf("actions: %w", err)
+	}
+	if len(c.Actions) == 0 {
+		c.Actions = nil
+	}
+	if err := decode(obj["timestamp"], &c.Timestamp); err != nil {
+		return nil, fmt.Errorf("timestamp: %w", err)
+	}
+	if err := decode(obj["persist"], &c.Persist); err != nil {
+		return nil, fmt.Errorf("persist: %w", err)
+	}
+	if err := decode(obj["popup"], &c.Popup); err != nil {
+		return nil, fmt.Errorf("popup: %w", err)
+	}
+	if c.Summary == "" {
+		return nil, nil // a card without a summary is not shown
+	}
+	return c, nil
+}
+
+func parseSound(raw json.RawMessage) (*Sound, error) {
+	if raw == nil || bytes.Equal(raw, jsonNull) {
+		return nil, nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	switch v := v.(type) {
+	case bool:
+		if v {
+			return &Sound{Default: true}, nil
+		}
+		return nil, nil
+	case string:
+		if v == "" {
+			return nil, nil
+		}
+		return &Sound{Path: v}, nil
+	}
+	return nil, errors.New("want a boolean or a string")
+}
+
+func parseVibration(raw json.RawMessage) (*Vibration, error) {
+	if raw == nil || bytes.Equal(raw, jsonNull) {
+		return nil, nil
+	}
+	var b bool
+	if err := json.Unmarshal(raw, &b); err == nil {
+		if b {
+			return &Vibration{Default: true}, nil
+		}
+		return nil, nil
+	}
+	obj, err := object(raw)
+	if err != nil {
+		return nil, errors.New("want a boolean or an object")
+	}
+	v := &Vibration{}
+	if err := decode(obj["pattern"], &v.Pattern); err != nil {
+		return nil, fmt.Errorf("pattern: %w", err)
+	}
+	if err := decode(obj["repeat"], &v.Repeat); err != nil {
+		return nil, fmt.Errorf("repeat: %w", err)
+	}
+	if len(v.Pattern) == 0 {
+		return nil, nil
+	}
+	if v.Repeat == 0 {
+		v.Repeat = 1
+	}
+	return v, nil
+}
+
+func parseCounter(raw json.RawMessage) (*EmblemCounter, error) {
+	obj, err := object(raw)
+	if err != nil || obj == nil {
+		return nil, err
+	}
+	c := &EmblemCounter{}
+	if err := decode(obj["count"], &c.Count); err != nil {
+		return nil, fmt.Errorf("count: %w", err)
+	}
+	if err := decode(obj["visible"], &c.Visible); err != nil {
+		return nil, fmt.Errorf("visible: %w", err)
+	}
+	return c, nil
+}
+
+// object decodes a JSON object; null or missing gives a nil map.
+func object(raw json.RawMessage) (map[string]json.RawMessage, error) {
+	if raw == nil || bytes.Equal(raw, jsonNull) {
+		return nil, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, errors.New("want an object")
+	}
+	return obj, nil
+}
+
+func str(raw json.RawMessage) (string, error) {
+	var s string
+	err := decode(raw, &s)
+	return s, err
+}
+
+// decode decodes raw into dst with encoding/json's type checks (an integer
+// field rejects fractions, strings and out-of-range values); missing leaves
+// dst unchanged.
+func decode(raw json.RawMessage, dst any) error {
+	if raw == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("want %s, got %s", te.Type, te.Value)
+		}
+		return err
+	}
+	return nil
+}
+
+// RawOutput is the output used when there is no usable helper output: the
+// payload queued for the app as is, and nothing shown. See PayloadMessage.
+func RawOutput(payload []byte) *Output {
+	return &Output{Message: PayloadMessage(payload)}
+}
+
+// PayloadMessage turns a raw payload into the JSON value queued for the app:
+// valid JSON as is, other UTF-8 text as a JSON string, and anything else
+// (invalid UTF-8) as a JSON string holding the standard base64 of the bytes.
+func PayloadMessage(payload []byte) json.RawMessage {
+	if json.Valid(payload) {
+		return bytes.Clone(payload)
+	}
+	s := string(payload)
+	if !utf8.Valid(payload) {
+		s = base64.StdEncoding.EncodeToString(payload)
+	}
+	b, err := marshalNoEscape(s)
+	if err != nil { // cannot happen for a string
+		return json.RawMessage(`""`)
+	}
+	return b
+}
+
+// PayloadOutput is the output for an app without a helper: the payload
+// itself when it is valid helper output, else RawOutput(payload).
+func PayloadOutput(payload []byte) *Output {
+	if o, err := ParseOutput(payload); err == nil {
+		return o
+	}
+	return RawOutput(payload)
+}
+
+type wireOutput struct {
+	Message      json.RawMessage   `json:"message,omitempty"`
+	Notification *wireNotification `json:"notification,omitempty"`
+}
+
+type wireNotification struct {
+	Tag           string       `json:"tag,omitempty"`
+	Card          *wireCard    `json:"card,omitempty"`
+	Sound         any          `json:"sound,omitempty"`
+	Vibrate       any          `json:"vibrate,omitempty"`
+	EmblemCounter *wireCounter `json:"emblem-counter,omitempty"`
+}
+
+type wireCard struct {
+	Summary   string   `json:"summary"`
+	Body      string   `json:"body,omitempty"`
+	Actions   []string `json:"actions,omitempty"`
+	Icon      string   `json:"icon,omitempty"`
+	Timestamp int64    `json:"timestamp,omitempty"`
+	Persist   bool     `json:"persist,omitempty"`
+	Popup     bool     `json:"popup,omitempty"`
+}
+
+type wireVibration struct {
+	Pattern []uint32 `json:"pattern"`
+	Repeat  uint32   `json:"repeat,omitempty"`
+}
+
+type wireCounter struct {
+	Count   int32 `json:"count"`
+	Visible bool  `json:"visible"`
+}
+
+// MarshalJSON writes o in the helper output schema; ParseOutput reads it back
+// to an equal Output.
+func (o Output) MarshalJSON() ([]byte, error) {
+	w := wireOutput{Message: o.Message}
+	if n := o.Notification; n != nil {
+		wn := &wireNotification{Tag: n.Tag}
+		if c := n.Card; c != nil {
+			wn.Card = &wireCard{Summary: c.Summary, Body: c.Body, Actions: c.Actions, Icon: c.Icon,
+				Timestamp: c.Timestamp, Persist: c.Persist, Popup: c.Popup}
+		}
+		if s := n.Sound; s != nil {
+			if s.Default {
+				wn.Sound = true
+			} else if s.Path != "" {
+				wn.Sound = s.Path
+			}
+		}
+		if v := n.Vibrate; v != nil {
+			if v.Default {
+				wn.Vibrate = true
+			} else if len(v.Pattern) > 0 {
+				wn.Vibrate = wireVibration{Pattern: v.Pattern, Repeat: v.Repeat}
+			}
+		}
+		if e := n.EmblemCounter; e != nil {
+			wn.EmblemCounter = &wireCounter{Count: e.Count, Visible: e.Visible}
+		}
+		w.Notification = wn
+	}
+	return marshalNoEscape(w)
+}
+
+// marshalNoEscape marshals v without HTML escaping, so that a message is
+// written back byte for byte.
+func marshalNoEscape(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# The trivial helper.
+cat "$1" >"$2"

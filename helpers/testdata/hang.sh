@@ -1,0 +1,9 @@
+#!/bin/sh
+# Hangs with a grandchild, both ignoring SIGTERM. The payload names the file
+# where "<own pid> <grandchild pid>" is written.
+trap '' TERM
+pidfile=$(cat "$1")
+sleep 600 &
+echo "$$ $!" >"$pidfile.tmp"
+mv "$pidfile.tmp" "$pidfile"
+wait

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Writes invalid JSON.
+printf '{"message":' >"$2"
