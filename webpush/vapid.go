@@ -105,6 +105,7 @@ func VerifyVAPID(authorization, audience string, now time.Time) (publicKey []byt
 	_, err = jwt.ParseWithClaims(token, &claims,
 		func(*jwt.Token) (any, error) { return pub, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodES256.Alg()}),
+		jwt.WithStrictDecoding(),
 		jwt.WithoutClaimsValidation())
 	if err != nil {
 		return nil, fmt.Errorf("%w: t: %w", ErrVAPIDInvalid, err)
