@@ -1,0 +1,612 @@
+// Package session keeps heraldd's one websocket connection to its push
+// server (Mozilla's autopush protocol, see package protocol): hello with the
+// stored uaid, register and unregister with reply correlation, notifications
+// persisted by the owner before they are acked, a read deadline from the
+// server's keepalive, and redial with exponential backoff and full jitter.
+//
+// One goroutine owns each connection; the Session's Run loop owns the
+// dialing. Callers only talk to them through channels.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldpush/herald/protocol"
+)
+
+// State is the connection state shown to users.
+type State string
+
+const (
+	StateOffline    State = "offline"    // the network is down: no dialing
+	StateIdle       State = "idle"       // nothing registered: no connection
+	StateConnecting State = "connecting" // dialing or waiting for hello
+	StateConnected  State = "connected"
+	StateBackoff    State = "backoff" // waiting before the next dial
+)
+
+// Errors returned by Register and Unregister.
+var (
+	ErrNotConnected = errors.New("not connected to the push server")
+	ErrRejected     = errors.New("push server refused the request")
+	ErrClosed       = errors.New("session closed")
+)
+
+// Handler is what the session needs from the daemon.
+type Handler interface {
+	// Hello returns the stored uaid ("" for a new device) and the channel
+	// ids to announce.
+	Hello(ctx context.Context) (uaid string, channelIDs []string, err error)
+	// Welcome gets the uaid the server answered with, before any
+	// notification is received on the connection.
+	Welcome(ctx context.Context, uaid string) error
+	// Receive durably stores a batch of notifications and returns the ack
+	// code of each (protocol.AckDelivered, or AckNotDelivered when it could
+	// not be stored). Duplicates are acked as delivered.
+	Receive(ctx context.Context, batch []*protocol.Notification) []int
+	// StateChanged reports a new state; err is the reason of the last failure.
+	StateChanged(st State, since time.Time, err error)
+}
+
+// Config configures a Session.
+type Config struct {
+	URL     string // ws:// or wss:// URL of the server's websocket
+	Handler Handler
+	Logger  *slog.Logger
+	// PingInterval is the server's keepalive interval; the read deadline
+	// is PingInterval + PingGrace.
+	PingInterval time.Duration
+	PingGrace    time.Duration
+	// RequestTimeout bounds hello, register and unregister round trips.
+	RequestTimeout time.Duration
+	// Backoff is the redial policy (zero value: DefaultBackoff).
+	Backoff Backoff
+	// Compression asks for permessage-deflate.
+	Compression bool
+	// Dial opens the websocket; nil uses a gorilla dialer. Tests inject it.
+	Dial func(ctx context.Context, url string) (*websocket.Conn, error)
+	// Rand returns a uniform integer in [0, n) for the backoff jitter;
+	// nil uses math/rand/v2.
+	Rand func(n int64) int64
+}
+
+// Backoff is the redial policy: the n-th consecutive failure waits a uniform
+// random time in [0, min(Max, Min·2ⁿ)) ("full jitter"); a connection that
+// lasted Stable resets n.
+type Backoff struct {
+	Min, Max, Stable time.Duration
+}
+
+// DefaultBackoff is 1 s doubling to 5 min, reset after a stable minute.
+var DefaultBackoff = Backoff{Min: time.Second, Max: 5 * time.Minute, Stable: time.Minute}
+
+// Ceiling returns the upper bound of the wait after attempt failures (attempt ≥ 0).
+func (b Backoff) Ceiling(attempt int) time.Duration {
+	d := b.Min
+	for i := 0; i < attempt && d < b.Max; i++ {
+		d *= 2
+	}
+	return min(d, b.Max)
+}
+
+// Session is the daemon's connection to its push server.
+type Session struct {
+	cfg Config
+	log *slog.Logger
+
+	kick chan struct{} // wakes the Run loop (state or Reconnect)
+
+	mu        sync.Mutex // guards the fields below
+	wanted    bool       // at least one app is registered
+	online    bool       // the network is up
+	reconnect bool       // Reconnect was asked
+	conn      *conn      // the current connection, nil when none
+	ready     chan struct{}
+}
+
+// New returns a Session; Run starts it.
+func New(cfg Config) *Session {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = protocol.DefaultPingInterval
+	}
+	if cfg.PingGrace <= 0 {
+		cfg.PingGrace = 30 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 20 * time.Second
+	}
+	if cfg.Backoff == (Backoff{}) {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Int64N
+	}
+	s := &Session{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), online: true, ready: make(chan struct{})}
+	if cfg.Dial == nil {
+		d := &websocket.Dialer{
+			HandshakeTimeout:  cfg.RequestTimeout,
+			ReadBufferSize:    2048,
+			WriteBufferSize:   1024,
+			EnableCompression: cfg.Compression,
+			Subprotocols:      []string{protocol.Subprotocol},
+		}
+		s.cfg.Dial = func(ctx context.Context, url string) (*websocket.Conn, error) {
+			c, resp, err := d.DialContext(ctx, url, http.Header{})
+			if resp != nil && resp.Body != nil {
+				resp.Body.Close()
+			}
+			return c, err
+		}
+	}
+	return s
+}
+
+func (s *Session) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetWanted says whether a connection is needed (at least one app registered).
+func (s *Session) SetWanted(v bool) {
+	s.mu.Lock()
+	changed := s.wanted != v
+	s.wanted = v
+	s.mu.Unlock()
+	if changed {
+		s.wake()
+	}
+}
+
+// SetOnline says whether the network is up. Going online redials at once.
+func (s *Session) SetOnline(v bool) {
+	s.mu.Lock()
+	changed := s.online != v
+	s.online = v
+	if changed {
+		s.reconnect = true
+	}
+	s.mu.Unlock()
+	if changed {
+		s.wake()
+	}
+}
+
+// Reconnect closes the current connection (if any) and dials again at once.
+func (s *Session) Reconnect() {
+	s.mu.Lock()
+	s.reconnect = true
+	s.mu.Unlock()
+	s.wake()
+}
+
+// Run dials and serves connections until ctx ends. It closes the current
+// connection with a close frame before returning.
+func (s *Session) Run(ctx context.Context) error {
+	attempt := 0
+	var lastErr error
+	for {
+		s.mu.Lock()
+		wanted, online := s.wanted, s.online
+		s.reconnect = false
+		s.mu.Unlock()
+		if !online || !wanted {
+			st := StateIdle
+			if !online {
+				st = StateOffline
+			}
+			s.cfg.Handler.StateChanged(st, time.Now(), lastErr)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-s.kick:
+				continue
+			}
+		}
+		s.cfg.Handler.StateChanged(StateConnecting, time.Now(), lastErr)
+		start := time.Now()
+		err := s.connect(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var delay time.Duration
+		delay, attempt = s.nextDelay(err, attempt, time.Since(start))
+		lastErr = err
+		s.mu.Lock()
+		again := s.reconnect
+		s.mu.Unlock()
+		if again {
+			continue
+		}
+		s.log.Info("push server connection lost", "err", err, "retry_in", delay.Round(time.Millisecond))
+		s.cfg.Handler.StateChanged(StateBackoff, time.Now(), lastErr)
+		if s.wait(ctx, delay) {
+			attempt = 0
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// wait waits out a backoff delay. It returns early, reporting true, when a
+// reconnect is asked (Reconnect, network back), and returns false early when
+// the connection is no longer wanted or the network went down.
+func (s *Session) wait(ctx context.Context, delay time.Duration) (reconnect bool) {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		case <-s.kick:
+			s.mu.Lock()
+			again, stay := s.reconnect, s.wanted && s.online
+			s.mu.Unlock()
+			if again {
+				return true
+			}
+			if !stay {
+				return false
+			}
+		}
+	}
+}
+
+// nextDelay returns how long to wait after a connection attempt that ended
+// with err after lasting d, and the new attempt count.
+func (s *Session) nextDelay(err error, attempt int, d time.Duration) (time.Duration, int) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) && ce.Code == protocol.CloseDoNotReconnect {
+		s.log.Warn("push server asked not to reconnect soon", "delay", s.cfg.Backoff.Max)
+		return s.cfg.Backoff.Max, 0
+	}
+	if d >= s.cfg.Backoff.Stable {
+		attempt = 0
+	}
+	return time.Duration(s.cfg.Rand(int64(s.cfg.Backoff.Ceiling(attempt)))), attempt + 1
+}
+
+// request is a register or unregister waiting for the server's answer.
+type request struct {
+	msg   protocol.Message
+	reply chan protocol.Message // gets the answer, buffered 1
+}
+
+type frame struct {
+	msg protocol.Message
+	err error
+}
+
+// conn is one connection; its serve goroutine owns it.
+type conn struct {
+	ws   *websocket.Conn
+	reqs chan request
+	done chan struct{} // closed when the connection ends
+}
+
+// connect dials, says hello and serves the connection until it ends.
+func (s *Session) connect(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	ws, err := s.cfg.Dial(dctx, s.cfg.URL)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cannot connect to push server: %w", err)
+	}
+	defer ws.Close()
+	ws.SetReadLimit(protocol.MaxFrameBytes)
+	uaid, channels, err := s.cfg.Handler.Hello(ctx)
+	if err != nil {
+		return err
+	}
+	hello, err := protocol.Encode(&protocol.Hello{UAID: uaid, ChannelIDs: channels, UseWebPush: true})
+	if err != nil {
+		return err
+	}
+	_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
+	if err := ws.WriteMessage(websocket.TextMessage, hello); err != nil {
+		return fmt.Errorf("cannot send hello: %w", err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(s.cfg.RequestTimeout))
+	_, b, err := ws.ReadMessage()
+	if err != nil {
+		return fmt.Errorf("no hello from push server: %w", err)
+	}
+	m, err := protocol.Decode(b)
+	if err != nil {
+		return fmt.Errorf("bad hello from push server: %w", err)
+	}
+	h, ok := m.(*protocol.Hello)
+	if !ok || h.UAID == "" || len(h.UAID) > 128 {
+		return fmt.Errorf("bad hello from push server: got %s", m.Type())
+	}
+	if err := s.cfg.Handler.Welcome(ctx, h.UAID); err != nil {
+		return err
+	}
+	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{})}
+	s.mu.Lock()
+	s.conn = c
+	close(s.ready)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.conn = nil
+		s.ready = make(chan struct{})
+		s.mu.Unlock()
+	}()
+	s.log.Info("connected to push server", "server", s.cfg.URL)
+	s.cfg.Handler.StateChanged(StateConnected, time.Now(), nil)
+	return s.serve(ctx, c)
+}
+
+func (s *Session) deadline() time.Time {
+	return time.Now().Add(s.cfg.PingInterval + s.cfg.PingGrace)
+}
+
+// serve is the owner loop of one connection.
+func (s *Session) serve(ctx context.Context, c *conn) error {
+	ws := c.ws
+	_ = ws.SetReadDeadline(s.deadline())
+	_ = ws.SetWriteDeadline(time.Time{})
+	ws.SetPingHandler(func(data string) error {
+		_ = ws.SetReadDeadline(s.deadline())
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.RequestTimeout))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	frames := make(chan frame, protocol.BatchSize*2)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.read(ws, frames, c.done) })
+	defer wg.Wait()
+	defer close(c.done)
+
+	pending := map[string]chan protocol.Message{} // channel id → waiting request
+	defer func() {
+		for _, ch := range pending {
+			close(ch)
+		}
+	}()
+	write := func(m protocol.Message) error {
+		b, err := protocol.Encode(m)
+		if err != nil {
+			return err
+		}
+		_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
+		if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
+			return fmt.Errorf("cannot write to push server: %w", err)
+		}
+		return nil
+	}
+	var batch []*protocol.Notification
+	for {
+		select {
+		case <-ctx.Done():
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(time.Second))
+			return ctx.Err()
+		case <-s.kick:
+			s.mu.Lock()
+			leave := s.reconnect || !s.wanted || !s.online
+			s.mu.Unlock()
+			if leave {
+				_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "reconnect"), time.Now().Add(time.Second))
+				// Put the kick back for the Run loop.
+				s.wake()
+				return errors.New("reconnect requested")
+			}
+		case r := <-c.reqs:
+			var id string
+			switch m := r.msg.(type) {
+			case *protocol.Register:
+				id = m.ChannelID
+			case *protocol.Unregister:
+				id = m.ChannelID
+			}
+			if old, ok := pending[id]; ok {
+				close(old)
+			}
+			pending[id] = r.reply
+			if err := write(r.msg); err != nil {
+				return err
+			}
+		case f := <-frames:
+			if f.err != nil {
+				return f.err
+			}
+			switch m := f.msg.(type) {
+			case *protocol.Notification:
+				batch = append(batch[:0], m)
+				// Take every notification already read, to store and ack them together.
+			more:
+				for len(batch) < 100 {
+					select {
+					case f2 := <-frames:
+						if n, ok := f2.msg.(*protocol.Notification); ok && f2.err == nil {
+							batch = append(batch, n)
+							continue
+						}
+						// Not a notification: handle the batch first, then this frame.
+						if err := s.ackBatch(ctx, batch, write); err != nil {
+							return err
+						}
+						batch = batch[:0]
+						if f2.err != nil {
+							return f2.err
+						}
+						s.answer(f2.msg, pending)
+						break more
+					default:
+						break more
+					}
+				}
+				if len(batch) > 0 {
+					if err := s.ackBatch(ctx, batch, write); err != nil {
+						return err
+					}
+				}
+			default:
+				s.answer(m, pending)
+			}
+		}
+	}
+}
+
+func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, write func(protocol.Message) error) error {
+	codes := s.cfg.Handler.Receive(ctx, batch)
+	ack := &protocol.Ack{Updates: make([]protocol.Update, len(batch))}
+	for i, n := range batch {
+		code := protocol.AckNotDelivered
+		if i < len(codes) {
+			code = codes[i]
+		}
+		ack.Updates[i] = protocol.Update{ChannelID: n.ChannelID, Version: n.Version, Code: code}
+	}
+	return write(ack)
+}
+
+// answer routes a server frame that is not a notification.
+func (s *Session) answer(m protocol.Message, pending map[string]chan protocol.Message) {
+	var id string
+	switch m := m.(type) {
+	case *protocol.Register:
+		id = m.ChannelID
+	case *protocol.Unregister:
+		id = m.ChannelID
+	default:
+		// Pings ({}), hello repeats and unknown types are ignored.
+		s.log.Debug("ignored frame from push server", "type", m.Type())
+		return
+	}
+	ch, ok := pending[id]
+	if !ok {
+		s.log.Debug("unexpected reply from push server", "type", m.Type(), "channel_id", id)
+		return
+	}
+	delete(pending, id)
+	ch <- m
+}
+
+// read is the reader goroutine of a connection.
+func (s *Session) read(ws *websocket.Conn, frames chan<- frame, done <-chan struct{}) {
+	for {
+		typ, b, err := ws.ReadMessage()
+		if err != nil {
+			select {
+			case frames <- frame{err: err}:
+			case <-done:
+			}
+			return
+		}
+		_ = ws.SetReadDeadline(s.deadline())
+		if typ != websocket.TextMessage {
+			continue
+		}
+		m, err := protocol.Decode(b)
+		if err != nil {
+			s.log.Warn("ignored invalid frame from push server", "err", err)
+			continue
+		}
+		select {
+		case frames <- frame{msg: m}:
+		case <-done:
+			return
+		}
+	}
+}
+
+// current waits until a connection is up or ctx ends.
+func (s *Session) current(ctx context.Context) (*conn, error) {
+	for {
+		s.mu.Lock()
+		c, ready := s.conn, s.ready
+		s.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrNotConnected, ctx.Err())
+		}
+	}
+}
+
+func (s *Session) roundTrip(ctx context.Context, m protocol.Message) (protocol.Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	c, err := s.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := request{msg: m, reply: make(chan protocol.Message, 1)}
+	select {
+	case c.reqs <- r:
+	case <-c.done:
+		return nil, fmt.Errorf("%w: connection lost", ErrNotConnected)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrNotConnected, ctx.Err())
+	}
+	select {
+	case rep, ok := <-r.reply:
+		if !ok {
+			return nil, fmt.Errorf("%w: connection lost before the answer", ErrNotConnected)
+		}
+		return rep, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no answer from push server: %w", ctx.Err())
+	}
+}
+
+// Register asks the server for an endpoint for channelID, optionally
+// restricted to a VAPID key. It waits for a connection (up to the request
+// timeout or ctx).
+func (s *Session) Register(ctx context.Context, channelID, key string) (endpoint string, err error) {
+	rep, err := s.roundTrip(ctx, &protocol.Register{ChannelID: channelID, Key: key})
+	if err != nil {
+		return "", fmt.Errorf("cannot register channel %s: %w", channelID, err)
+	}
+	r, ok := rep.(*protocol.Register)
+	if !ok || r.Status != 200 || r.PushEndpoint == "" {
+		status := 0
+		if ok {
+			status = r.Status
+		}
+		return "", fmt.Errorf("cannot register channel %s: %w (status %d)", channelID, ErrRejected, status)
+	}
+	return r.PushEndpoint, nil
+}
+
+// Unregister asks the server to drop channelID.
+func (s *Session) Unregister(ctx context.Context, channelID string) error {
+	rep, err := s.roundTrip(ctx, &protocol.Unregister{ChannelID: channelID, Code: 200})
+	if err != nil {
+		return fmt.Errorf("cannot unregister channel %s: %w", channelID, err)
+	}
+	if r, ok := rep.(*protocol.Unregister); !ok || r.Status != 200 {
+		return fmt.Errorf("cannot unregister channel %s: %w", channelID, ErrRejected)
+	}
+	return nil
+}
+
+// Connected reports whether a connection is up.
+func (s *Session) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
+}
