@@ -1,0 +1,179 @@
+package notifications
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// maxActionURL bounds an action URL.
+const maxActionURL = 2048
+
+// ErrForeignURL is returned by CheckActionURL for a URL that does not belong
+// to the app.
+var ErrForeignURL = errors.New("action url does not belong to the app")
+
+// CheckActionURL reports whether raw is an action URL that belongs to appID,
+// whose desktop entry is e (nil when it has none). Accepted are:
+//   - appid://<pkg>/<app>/<version> for a click id pkg_app[_version]
+//     (any version, e.g. current-user-version), and appid://<app_id>/… for
+//     other ids;
+//   - application:///<desktop id>.desktop naming the app's own entry;
+//   - any other scheme (http and https included) only when the app's desktop
+//     entry declares it with MimeType x-scheme-handler/<scheme>.
+//
+// Everything else, including a URL with control characters or longer than
+// 2048 bytes, is refused with an error wrapping ErrForeignURL.
+func CheckActionURL(appID string, e *DesktopEntry, raw string) error {
+	if raw == "" || len(raw) > maxActionURL {
+		return fmt.Errorf("%w: empty or longer than %d bytes", ErrForeignURL, maxActionURL)
+	}
+	for _, c := range raw {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: control character in %q", ErrForeignURL, raw)
+		}
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrForeignURL, err)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	p := splitAppID(appID)
+	switch scheme {
+	case "":
+		return fmt.Errorf("%w: %q has no scheme", ErrForeignURL, raw)
+	case "appid":
+		if p.click {
+			parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+			if u.Host == p.pkg && len(parts) >= 1 && parts[0] == p.app {
+				return nil
+			}
+		} else if u.Host == appID {
+			return nil
+		}
+		return fmt.Errorf("%w: %q names another app than %q", ErrForeignURL, raw, appID)
+	case "application":
+		id := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), ".desktop")
+		if u.Host == "" && (id == appID || e != nil && id == e.ID) {
+			return nil
+		}
+		return fmt.Errorf("%w: %q names another app than %q", ErrForeignURL, raw, appID)
+	}
+	if e != nil && slices.Contains(e.Schemes, scheme) {
+		return nil
+	}
+	return fmt.Errorf("%w: scheme %q is not handled by %q", ErrForeignURL, scheme, appID)
+}
+
+// LaunchRequest is one activated notification action.
+type LaunchRequest struct {
+	AppID string
+	URL   string
+	// Entry is the app's desktop entry, nil when none was found.
+	Entry *DesktopEntry
+}
+
+// Launcher opens an app on an action URL. Implementations must be safe for
+// concurrent use.
+type Launcher interface {
+	Launch(ctx context.Context, r LaunchRequest) error
+}
+
+// AppLauncher is the default Launcher: org.freedesktop.Application.Open on
+// the entry's D-Bus name when the entry is DBusActivatable, else the entry's
+// Exec (no shell, field codes expanded), else xdg-open URL. Started programs
+// are reaped by a goroutine per program; Wait waits for them.
+type AppLauncher struct {
+	Conn   *dbus.Conn
+	Logger *slog.Logger
+	wg     sync.WaitGroup
+}
+
+// Launch implements Launcher.
+func (l *AppLauncher) Launch(ctx context.Context, r LaunchRequest) error {
+	e := r.Entry
+	if e != nil && e.DBusActivatable && l.Conn != nil {
+		return l.open(ctx, e, r.URL)
+	}
+	var argv []string
+	if e != nil && e.Exec != "" {
+		var err error
+		if argv, err = ExpandExec(e, r.URL); err != nil {
+			return fmt.Errorf("cannot launch %q: %w", r.AppID, err)
+		}
+	} else {
+		argv = []string{"xdg-open", r.URL}
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("cannot launch %q: %w", r.AppID, err)
+	}
+	cmd := exec.Command(path, argv[1:]...)
+	cmd.Args[0] = argv[0]
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cannot launch %q: %w", r.AppID, err)
+	}
+	l.wg.Go(func() {
+		err := cmd.Wait()
+		if l.Logger != nil {
+			l.Logger.Debug("launched program exited", "app_id", r.AppID, "err", err)
+		}
+	})
+	return nil
+}
+
+// Wait waits until every program this launcher started has exited.
+func (l *AppLauncher) Wait() { l.wg.Wait() }
+
+// dbusAppPath is the object path of a D-Bus activatable app: its name with
+// "." → "/" and "-" → "_" (Desktop Entry Specification, D-Bus Activation).
+func dbusAppPath(id string) dbus.ObjectPath {
+	return dbus.ObjectPath("/" + strings.ReplaceAll(strings.ReplaceAll(id, ".", "/"), "-", "_"))
+}
+
+func (l *AppLauncher) open(ctx context.Context, e *DesktopEntry, u string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	path := dbusAppPath(e.ID)
+	if !path.IsValid() || !validBusName(e.ID) {
+		return fmt.Errorf("cannot open %q: invalid bus name", e.ID)
+	}
+	obj := l.Conn.Object(e.ID, path)
+	platform := map[string]dbus.Variant{}
+	var call *dbus.Call
+	if u != "" {
+		call = obj.CallWithContext(ctx, "org.freedesktop.Application.Open", 0, []string{u}, platform)
+	} else {
+		call = obj.CallWithContext(ctx, "org.freedesktop.Application.Activate", 0, platform)
+	}
+	if call.Err != nil {
+		return fmt.Errorf("cannot open %q: %w", e.ID, call.Err)
+	}
+	return nil
+}
+
+func validBusName(s string) bool {
+	if s == "" || len(s) > 255 || !strings.Contains(s, ".") || s[0] == '.' {
+		return false
+	}
+	for _, el := range strings.Split(s, ".") {
+		if el == "" || el[0] >= '0' && el[0] <= '9' {
+			return false
+		}
+		for _, c := range el {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
