@@ -1,9 +1,8 @@
 #!/bin/sh
 # Hangs with a grandchild, both ignoring SIGTERM. The payload names the file
-# where "<own pid> <grandchild pid>" is written.
+# (or FIFO) where "<own pid> <grandchild pid>" is written.
 trap '' TERM
 pidfile=$(cat "$1")
 sleep 600 &
-echo "$$ $!" >"$pidfile.tmp"
-mv "$pidfile.tmp" "$pidfile"
+echo "$$ $!" >"$pidfile"
 wait
