@@ -1,0 +1,336 @@
+package dbusapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// Bus names the Service owns.
+var busNames = []string{
+	"com.lomiri.PushNotifications",
+	"com.lomiri.Postal",
+	"com.ubuntu.PushNotifications",
+	"com.ubuntu.Postal",
+	DistributorName,
+	DaemonName,
+}
+
+const (
+	// DistributorName is the UnifiedPush distributor bus name.
+	DistributorName = "org.unifiedpush.Distributor.herald"
+	// DaemonName is the management bus name.
+	DaemonName = "org.herald.Daemon"
+	// DaemonPath is the management object.
+	DaemonPath = dbus.ObjectPath("/org/herald/Daemon")
+	// DaemonIface is the management interface.
+	DaemonIface = "org.herald.Daemon1"
+	// DistributorPath is the UnifiedPush distributor object.
+	DistributorPath = dbus.ObjectPath("/org/unifiedpush/Distributor")
+	// ConnectorPath is where connectors (apps) export their interface.
+	ConnectorPath = dbus.ObjectPath("/org/unifiedpush/Connector")
+
+	// DefaultCallTimeout bounds Backend calls made for one D-Bus call and
+	// each call to a connector.
+	DefaultCallTimeout = 10 * time.Second
+)
+
+// Config configures a Service.
+type Config struct {
+	// Address is the session bus address. The Service opens its own
+	// connection to it in Start and closes it in Close: it must route
+	// method calls itself (variadic and overloaded Lomiri/UnifiedPush
+	// methods, one object per quoted package), which godbus allows only
+	// for a connection created with the Service as its handler.
+	Address string
+	// Conn is not supported (see Address); New fails when it is set
+	// without Address. Kept so that a mistaken wiring fails clearly.
+	Conn *dbus.Conn
+
+	Backend Backend
+	Logger  *slog.Logger
+	// RequireConfinement refuses unconfined callers on the app APIs.
+	RequireConfinement bool
+	// ProcRoot is where caller processes are inspected ("/proc").
+	ProcRoot string
+	// CallTimeout bounds each Backend call and each connector call
+	// (DefaultCallTimeout when zero).
+	CallTimeout time.Duration
+}
+
+// Service serves every Herald D-Bus surface on the session bus. It is safe
+// for concurrent use.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	backend Backend
+	uid     uint32
+	// objects is built by New and never changed.
+	objects map[string]*object
+
+	ctx    context.Context // canceled by Close; parent of handler contexts
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // signal loop and async connector calls
+
+	mu sync.Mutex
+	// guarded by mu:
+	conn     *dbus.Conn
+	owned    []string
+	idCache  map[string]Identity // unique name → identity
+	status   Status
+	closed   bool
+	signalCh chan *dbus.Signal
+
+	// forgotten, when set (tests), is called after a name's identity was
+	// dropped from the cache.
+	forgotten func(name string)
+}
+
+// New checks cfg and builds a Service; it does not touch the bus.
+func New(cfg Config) (*Service, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("dbusapi: config has no backend")
+	}
+	if cfg.Address == "" {
+		if cfg.Conn != nil {
+			return nil, errors.New("dbusapi: config.Conn cannot be used, set config.Address: the service opens its own connection to route its methods")
+		}
+		return nil, errors.New("dbusapi: config has no bus address")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		backend: cfg.Backend,
+		uid:     uint32(os.Getuid()),
+		ctx:     ctx,
+		cancel:  cancel,
+		idCache: map[string]Identity{},
+		status:  Status{State: "offline"},
+	}
+	if err := s.buildObjects(); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Start connects to the bus with the Service as the message handler, starts
+// tracking callers, then requests every bus name with DoNotQueue. A name
+// that is already owned is an error (and every name taken is released).
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	if s.conn != nil || s.closed {
+		s.mu.Unlock()
+		return errors.New("dbusapi: service already started or closed")
+	}
+	s.mu.Unlock()
+	conn, err := dbus.Connect(s.cfg.Address, dbus.WithHandler(s))
+	if err != nil {
+		return fmt.Errorf("cannot connect to session bus: %w", err)
+	}
+	if err := conn.AddMatchSignalContext(ctx,
+		dbus.WithMatchSender("org.freedesktop.DBus"),
+		dbus.WithMatchInterface("org.freedesktop.DBus"),
+		dbus.WithMatchMember("NameOwnerChanged")); err != nil {
+		conn.Close()
+		return fmt.Errorf("cannot watch bus name owners: %w", err)
+	}
+	ch := make(chan *dbus.Signal, 64)
+	conn.Signal(ch)
+	s.mu.Lock()
+	s.conn, s.signalCh = conn, ch
+	s.mu.Unlock()
+	s.wg.Go(func() { s.signalLoop(ch) })
+
+	if st := s.backend.Status(ctx); st.State != "" {
+		s.mu.Lock()
+		s.status = st
+		s.mu.Unlock()
+	}
+
+	for _, name := range busNames {
+		reply, err := conn.RequestName(name, dbus.NameFlagDoNotQueue)
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("cannot request bus name %s: %w", name, err)
+		}
+		if reply != dbus.RequestNameReplyPrimaryOwner && reply != dbus.RequestNameReplyAlreadyOwner {
+			s.Close()
+			return fmt.Errorf("bus name %s is already owned by another process (is another push daemon running?)", name)
+		}
+		s.mu.Lock()
+		s.owned = append(s.owned, name)
+		s.mu.Unlock()
+	}
+	s.log.Info("D-Bus names acquired", "names", strings.Join(busNames, ","))
+	return nil
+}
+
+// Close releases the bus names, ends pending calls and closes the
+// connection. It is safe to call more than once.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	conn, owned := s.conn, s.owned
+	s.owned = nil
+	s.mu.Unlock()
+
+	var errs []error
+	if conn != nil {
+		for _, name := range owned {
+			if _, err := conn.ReleaseName(name); err != nil {
+				errs = append(errs, fmt.Errorf("cannot release bus name %s: %w", name, err))
+			}
+		}
+	}
+	s.cancel()
+	if conn != nil {
+		if err := conn.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("cannot close bus connection: %w", err))
+		}
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Service) getConn() (*dbus.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.closed {
+		return nil, errors.New("dbusapi: service not started")
+	}
+	return s.conn, nil
+}
+
+// signalLoop drops cached identities of names that left the bus.
+func (s *Service) signalLoop(ch <-chan *dbus.Signal) {
+	for sig := range ch {
+		if sig.Name != "org.freedesktop.DBus.NameOwnerChanged" || sig.Sender != "org.freedesktop.DBus" || len(sig.Body) != 3 {
+			continue
+		}
+		name, ok1 := sig.Body[0].(string)
+		newOwner, ok2 := sig.Body[2].(string)
+		if !ok1 || !ok2 || newOwner != "" || !strings.HasPrefix(name, ":") {
+			continue
+		}
+		s.mu.Lock()
+		delete(s.idCache, name)
+		s.mu.Unlock()
+		if s.forgotten != nil {
+			s.forgotten(name)
+		}
+	}
+}
+
+// cachedIdentity returns the cached identity of a unique name.
+func (s *Service) cachedIdentity(name string) (Identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.idCache[name]
+	return id, ok
+}
+
+// callerIdentity identifies the sender of a call: credentials from the bus,
+// the process's confinement, then a recheck that the name still exists (so
+// a recycled pid cannot be mistaken for the caller).
+func (s *Service) callerIdentity(ctx context.Context, sender string) (Identity, error) {
+	if id, ok := s.cachedIdentity(sender); ok {
+		return id, nil
+	}
+	conn, err := s.getConn()
+	if err != nil {
+		return Identity{}, err
+	}
+	bus := conn.BusObject()
+	var creds map[string]dbus.Variant
+	if err := bus.CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionCredentials", 0, sender).Store(&creds); err != nil {
+		return Identity{}, fmt.Errorf("cannot get credentials of %s: %w", sender, err)
+	}
+	uid, ok := creds["UnixUserID"].Value().(uint32)
+	if !ok {
+		return Identity{}, fmt.Errorf("bus gave no user id for %s", sender)
+	}
+	pid, _ := creds["ProcessID"].Value().(uint32)
+	label := ""
+	if b, ok := creds["LinuxSecurityLabel"].Value().([]byte); ok {
+		label = string(b)
+	}
+	id := identify(s.cfg.ProcRoot, uid, pid, label)
+	var has bool
+	if err := bus.CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, sender).Store(&has); err != nil {
+		return Identity{}, fmt.Errorf("cannot check caller %s: %w", sender, err)
+	}
+	if !has {
+		return Identity{}, fmt.Errorf("caller %s left the bus", sender)
+	}
+	s.mu.Lock()
+	s.idCache[sender] = id
+	s.mu.Unlock()
+	s.log.Debug("identified caller", "sender", sender, "uid", uid, "pid", pid, "app_id", id.AppID, "source", string(id.Source), "confined", id.Confined)
+	return id, nil
+}
+
+// sameUser refuses callers of another uid.
+func (s *Service) sameUser(ifaceName string, id Identity) error {
+	if id.UID != s.uid {
+		return s.errorf(ifaceName, "AccessDenied", "access denied: caller runs as uid %d, this push daemon serves uid %d only", id.UID, s.uid)
+	}
+	return nil
+}
+
+// authorizeApp checks that the caller may act for app.
+func (s *Service) authorizeApp(ctx context.Context, c *call, app AppID) error {
+	id, err := s.callerIdentity(ctx, c.sender)
+	if err != nil {
+		return err
+	}
+	if err := s.sameUser(c.iface, id); err != nil {
+		return err
+	}
+	switch {
+	case id.Confined && id.AppID == "":
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not use push notifications", id)
+	case id.Confined && id.AppID != app.Base():
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not act for app %q", id, app.String())
+	case !id.Confined && s.cfg.RequireConfinement:
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s refused, only confined apps are accepted (require_confinement)", id)
+	}
+	return nil
+}
+
+// authorizeAdmin lets only unconfined callers of the same user use the
+// management interface.
+func (s *Service) authorizeAdmin(ctx context.Context, c *call) error {
+	id, err := s.callerIdentity(ctx, c.sender)
+	if err != nil {
+		return err
+	}
+	if err := s.sameUser(c.iface, id); err != nil {
+		return err
+	}
+	if id.Confined {
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not use the management interface", id)
+	}
+	return nil
+}

@@ -1,0 +1,380 @@
+package dbusapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// UnifiedPush limits and result strings (DBUS_0.3.0 and v2).
+const (
+	MaxUPToken       = 100
+	MaxUPDescription = 100
+	MaxUPMessage     = 4096
+	UPVAPIDLen       = 87
+
+	upSucceeded   = "REGISTRATION_SUCCEEDED"
+	upNewEndpoint = "NEW_ENDPOINT" // pre-0.3 connectors (Register with 2 args)
+	upFailed      = "REGISTRATION_FAILED"
+
+	ReasonInternal       = "INTERNAL_ERROR"
+	ReasonNetwork        = "NETWORK"
+	ReasonActionRequired = "ACTION_REQUIRED"
+	ReasonVAPIDRequired  = "VAPID_REQUIRED"
+	ReasonUnauthorized   = "UNAUTHORIZED"
+)
+
+// More Backend errors with a UnifiedPush failure reason of their own.
+var (
+	ErrActionRequired = errors.New("user action required")
+	ErrVAPIDRequired  = errors.New("vapid key required")
+)
+
+// upFailure is a failed registration with its spec reason.
+type upFailure struct {
+	reason string
+	msg    string
+}
+
+func (f *upFailure) Error() string { return f.msg }
+
+func failUP(reason, format string, args ...any) *upFailure {
+	return &upFailure{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// ValidBusName reports whether s is a valid well-known D-Bus bus name.
+func ValidBusName(s string) bool {
+	if len(s) == 0 || len(s) > 255 || s[0] == ':' || s[0] == '.' {
+		return false
+	}
+	elems := strings.Split(s, ".")
+	if len(elems) < 2 {
+		return false
+	}
+	for _, e := range elems {
+		if e == "" || e[0] >= '0' && e[0] <= '9' {
+			return false
+		}
+		for i := 0; i < len(e); i++ {
+			c := e[i]
+			if !isAlnum(c) && c != '_' && c != '-' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ValidVAPIDKey reports whether k looks like an uncompressed P-256 public
+// key in unpadded base64url: 87 characters of the base64url alphabet,
+// starting with "B" (the 0x04 prefix byte).
+func ValidVAPIDKey(k string) bool {
+	if len(k) != UPVAPIDLen || k[0] != 'B' {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !isAlnum(c) && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// checkUPRegistration validates the connector's parameters.
+func checkUPRegistration(r UPRegistration) error {
+	switch {
+	case !ValidBusName(r.Service):
+		return failUP(ReasonInternal, "invalid service name %q", truncate(r.Service, 80))
+	case r.Token == "" || len(r.Token) > MaxUPToken || !utf8.ValidString(r.Token):
+		return failUP(ReasonInternal, "token must be 1 to %d bytes of UTF-8, got %d bytes", MaxUPToken, len(r.Token))
+	case len(r.Description) > MaxUPDescription || !utf8.ValidString(r.Description):
+		return failUP(ReasonInternal, "description must be at most %d bytes of UTF-8, got %d bytes", MaxUPDescription, len(r.Description))
+	case r.VAPID != "" && !ValidVAPIDKey(r.VAPID):
+		return failUP(ReasonInternal, "vapid key must be an uncompressed P-256 point in base64url (%d characters)", UPVAPIDLen)
+	}
+	return nil
+}
+
+// registerUP runs one Register call (either interface version) and returns
+// the endpoint; errors are *upFailure or AccessDenied.
+func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (string, error) {
+	id, err := s.callerIdentity(ctx, c.sender)
+	if err != nil {
+		return "", failUP(ReasonInternal, "cannot identify caller: %v", err)
+	}
+	if err := s.sameUser(c.iface, id); err != nil {
+		return "", err
+	}
+	if err := checkUPRegistration(r); err != nil {
+		return "", err
+	}
+	switch {
+	case id.Confined && id.AppID == "":
+		return "", failUP(ReasonUnauthorized, "%s may not use push notifications", id)
+	case id.Confined && id.Source == SourceFlatpak && r.Service != id.AppID && !strings.HasPrefix(r.Service, id.AppID+"."):
+		return "", failUP(ReasonUnauthorized, "%s may not register service %q", id, r.Service)
+	case !id.Confined && s.cfg.RequireConfinement:
+		return "", failUP(ReasonUnauthorized, "%s refused, only confined apps are accepted", id)
+	}
+	r.AppID = id.AppID
+	if r.AppID == "" {
+		r.AppID = r.Service
+	}
+	endpoint, err := s.backend.RegisterUnifiedPush(ctx, r)
+	if err != nil {
+		reason := ReasonInternal
+		switch {
+		case errors.Is(err, ErrOffline):
+			reason = ReasonNetwork
+		case errors.Is(err, ErrActionRequired):
+			reason = ReasonActionRequired
+		case errors.Is(err, ErrVAPIDRequired):
+			reason = ReasonVAPIDRequired
+		}
+		s.log.Warn("unifiedpush registration failed", "app_id", r.AppID, "service", r.Service, "reason", reason, "err", err)
+		return "", failUP(reason, "registration failed: %v", err)
+	}
+	s.log.Info("app registered", "app_id", r.AppID, "kind", string(KindUnifiedPush), "service", r.Service, "version", r.Version)
+	// NewEndpoint goes out once the Register reply was written.
+	c.afterReply = func() { s.goNewEndpoint(r.Service, r.Token, endpoint, r.Version) }
+	return endpoint, nil
+}
+
+func (s *Service) goNewEndpoint(service, token, endpoint string, version int) {
+	s.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.CallTimeout)
+		defer cancel()
+		if err := s.NewEndpoint(ctx, service, token, endpoint, version); err != nil {
+			s.log.Warn("cannot send NewEndpoint to connector", "service", service, "err", err)
+		}
+	})
+}
+
+func (s *Service) distributor1Iface() *iface {
+	return newIface("org.unifiedpush.Distributor1",
+		&member{name: "Register", in: []string{"sss", "ss", "ssss"}, out: "ss", handle: func(ctx context.Context, c *call) ([]any, error) {
+			r := UPRegistration{Version: 1}
+			r.Service, _ = c.args[0].(string)
+			r.Token, _ = c.args[1].(string)
+			if len(c.args) > 2 {
+				r.Description, _ = c.args[2].(string)
+			}
+			if len(c.args) > 3 {
+				r.VAPID, _ = c.args[3].(string)
+			}
+			_, err := s.registerUP(ctx, c, r)
+			var f *upFailure
+			switch {
+			case errors.As(err, &f):
+				return []any{upFailed, f.reason}, nil
+			case err != nil:
+				return nil, err
+			case len(c.args) == 2:
+				return []any{upNewEndpoint, ""}, nil
+			}
+			return []any{upSucceeded, ""}, nil
+		}},
+		&member{name: "Unregister", in: []string{"s"}, handle: func(ctx context.Context, c *call) ([]any, error) {
+			token, _ := c.args[0].(string)
+			return nil, s.unregisterUP(ctx, c, token)
+		}},
+	)
+}
+
+func (s *Service) unregisterUP(ctx context.Context, c *call, token string) error {
+	id, err := s.callerIdentity(ctx, c.sender)
+	if err != nil {
+		return err
+	}
+	if err := s.sameUser(c.iface, id); err != nil {
+		return err
+	}
+	if token == "" || len(token) > MaxUPToken {
+		return s.errorf(c.iface, "InvalidArgs", "token must be 1 to %d bytes", MaxUPToken)
+	}
+	if err := s.backend.UnregisterUnifiedPush(ctx, token); err != nil {
+		return fmt.Errorf("cannot unregister: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) distributor2Iface() *iface {
+	str := func(m map[string]dbus.Variant, k string) (string, bool) {
+		v, ok := m[k]
+		if !ok {
+			return "", true
+		}
+		x, ok := v.Value().(string)
+		return x, ok
+	}
+	return newIface("org.unifiedpush.Distributor2",
+		&member{name: "Register", in: []string{"a{sv}"}, out: "a{sv}", handle: func(ctx context.Context, c *call) ([]any, error) {
+			args, _ := c.args[0].(map[string]dbus.Variant)
+			r := UPRegistration{Version: 2}
+			var ok [4]bool
+			r.Service, ok[0] = str(args, "service")
+			r.Token, ok[1] = str(args, "token")
+			r.Description, ok[2] = str(args, "description")
+			r.VAPID, ok[3] = str(args, "vapid")
+			var err error
+			if slices.Contains(ok[:], false) {
+				err = failUP(ReasonInternal, "service, token, description and vapid must be strings")
+			} else {
+				_, err = s.registerUP(ctx, c, r)
+			}
+			var f *upFailure
+			switch {
+			case errors.As(err, &f):
+				return []any{map[string]dbus.Variant{"success": dbus.MakeVariant(upFailed), "reason": dbus.MakeVariant(f.reason)}}, nil
+			case err != nil:
+				return nil, err
+			}
+			return []any{map[string]dbus.Variant{"success": dbus.MakeVariant(upSucceeded)}}, nil
+		}},
+		&member{name: "Unregister", in: []string{"a{sv}"}, out: "a{sv}", handle: func(ctx context.Context, c *call) ([]any, error) {
+			args, _ := c.args[0].(map[string]dbus.Variant)
+			token, ok := str(args, "token")
+			if !ok {
+				return nil, s.errorf(c.iface, "InvalidArgs", "token must be a string")
+			}
+			if err := s.unregisterUP(ctx, c, token); err != nil {
+				return nil, err
+			}
+			return []any{map[string]dbus.Variant{}}, nil
+		}},
+	)
+}
+
+// ensureStarted starts service by D-Bus activation unless it is running.
+func (s *Service) ensureStarted(ctx context.Context, conn *dbus.Conn, service string) error {
+	var r uint32
+	err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.StartServiceByName", 0, service, uint32(0)).Store(&r)
+	if err == nil {
+		return nil
+	}
+	var has bool
+	if herr := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, service).Store(&has); herr == nil && has {
+		return nil
+	}
+	return fmt.Errorf("cannot start connector %s: %w", service, err)
+}
+
+func (s *Service) connector(ctx context.Context, service string) (dbus.BusObject, error) {
+	if !ValidBusName(service) {
+		return nil, fmt.Errorf("invalid connector service name %q", service)
+	}
+	conn, err := s.getConn()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ensureStarted(ctx, conn, service); err != nil {
+		return nil, err
+	}
+	return conn.Object(service, ConnectorPath), nil
+}
+
+// DeliverUnifiedPush gives one message to the app's connector, starting it
+// by D-Bus activation. Version 1 calls Connector1.Message without waiting
+// (acked means the call was sent); version 2 calls Connector2.Message and
+// acked is true only when the reply's "id" equals m.ID.
+func (s *Service) DeliverUnifiedPush(ctx context.Context, m UPMessage) (acked bool, err error) {
+	if len(m.Body) < 1 || len(m.Body) > MaxUPMessage {
+		return false, fmt.Errorf("%w: unifiedpush message must be 1 to %d bytes, got %d", ErrInvalid, MaxUPMessage, len(m.Body))
+	}
+	if m.Token == "" {
+		return false, fmt.Errorf("%w: empty token", ErrInvalid)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	obj, err := s.connector(ctx, m.Service)
+	if err != nil {
+		return false, err
+	}
+	switch m.Version {
+	case 1:
+		call := obj.CallWithContext(ctx, "org.unifiedpush.Connector1.Message", dbus.FlagNoReplyExpected, m.Token, m.Body, m.ID)
+		if call.Err != nil {
+			return false, fmt.Errorf("cannot send message to %s: %w", m.Service, call.Err)
+		}
+		return true, nil
+	case 2:
+		args := map[string]dbus.Variant{
+			"token":   dbus.MakeVariant(m.Token),
+			"message": dbus.MakeVariant(m.Body),
+			"id":      dbus.MakeVariant(m.ID),
+		}
+		var res map[string]dbus.Variant
+		if err := obj.CallWithContext(ctx, "org.unifiedpush.Connector2.Message", 0, args).Store(&res); err != nil {
+			return false, fmt.Errorf("cannot deliver message to %s: %w", m.Service, err)
+		}
+		id, _ := res["id"].Value().(string)
+		return m.ID != "" && id == m.ID, nil
+	}
+	return false, fmt.Errorf("%w: unknown unifiedpush version %d", ErrInvalid, m.Version)
+}
+
+// NewEndpoint tells the connector its (new) endpoint. It does not wait for
+// a reply (the spec forbids it).
+func (s *Service) NewEndpoint(ctx context.Context, service, token, endpoint string, version int) error {
+	return s.notifyConnector(ctx, service, version, "NewEndpoint",
+		[]any{token, endpoint},
+		map[string]dbus.Variant{"token": dbus.MakeVariant(token), "endpoint": dbus.MakeVariant(endpoint)})
+}
+
+// Unregistered tells the connector that its registration was dropped.
+func (s *Service) Unregistered(ctx context.Context, service, token string, version int) error {
+	return s.notifyConnector(ctx, service, version, "Unregistered",
+		[]any{token},
+		map[string]dbus.Variant{"token": dbus.MakeVariant(token)})
+}
+
+func (s *Service) notifyConnector(ctx context.Context, service string, version int, member string, v1 []any, v2 map[string]dbus.Variant) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	obj, err := s.connector(ctx, service)
+	if err != nil {
+		return err
+	}
+	var call *dbus.Call
+	switch version {
+	case 1:
+		call = obj.CallWithContext(ctx, "org.unifiedpush.Connector1."+member, dbus.FlagNoReplyExpected, v1...)
+	case 2:
+		call = obj.CallWithContext(ctx, "org.unifiedpush.Connector2."+member, dbus.FlagNoReplyExpected, v2)
+	default:
+		return fmt.Errorf("unknown unifiedpush version %d", version)
+	}
+	if call.Err != nil {
+		return fmt.Errorf("cannot call %s on %s: %w", member, service, call.Err)
+	}
+	return nil
+}
+
+// Activatable reports whether service can be reached: it is activatable or
+// currently running.
+func (s *Service) Activatable(ctx context.Context, service string) (bool, error) {
+	conn, err := s.getConn()
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	var names []string
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.ListActivatableNames", 0).Store(&names); err != nil {
+		return false, fmt.Errorf("cannot list activatable names: %w", err)
+	}
+	if slices.Contains(names, service) {
+		return true, nil
+	}
+	var has bool
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, service).Store(&has); err != nil {
+		return false, fmt.Errorf("cannot check name %s: %w", service, err)
+	}
+	return has, nil
+}
