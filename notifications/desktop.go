@@ -296,6 +296,9 @@ func ExpandExec(e *DesktopEntry, url string) ([]string, error) {
 				return nil, fmt.Errorf("exec %q: invalid field code %%%c", e.Exec, w.s[i])
 			}
 		}
+		if sb.Len() == 0 {
+			continue // only removed field codes
+		}
 		argv = append(argv, sb.String())
 	}
 	if len(argv) == 0 || argv[0] == "" {
