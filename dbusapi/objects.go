@@ -59,6 +59,10 @@ func (s *Service) buildObjects() error {
 		o := &object{s: s, path: "", ifaces: map[string]*iface{}}
 		var xml strings.Builder
 		for _, i := range ifaces {
+			o.ifaces[i.name] = i
+			if i.name == propertiesIface {
+				continue // standard interface, in extraXML
+			}
 			x, err := interfaceXML(i.name)
 			if err != nil {
 				return err
