@@ -1,0 +1,415 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/heraldpush/herald/protocol"
+	"github.com/heraldpush/herald/webpush"
+)
+
+// Topics of internal replacement rules; "~" is outside the base64url
+// alphabet of RFC 8030 topics, so they never clash with an app's Topic.
+const (
+	simplePushTopic = "~simplepush"
+	notifyTagPrefix = "~tag:"
+)
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func (s *Server) pushFail(w http.ResponseWriter, e *pushError) {
+	writeJSON(w, e.Code, e)
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// limited checks the rate limits of the client address and of token ("" for
+// none); when exceeded it sets Retry-After and returns false.
+func (s *Server) limited(w http.ResponseWriter, r *http.Request, token string) bool {
+	now := s.now()
+	if ok, retry := s.ipRL.allow(clientIP(r), now); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
+		return true
+	}
+	if token != "" {
+		if ok, retry := s.tokenRL.allow(token, now); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(retry))
+			return true
+		}
+	}
+	return false
+}
+
+// readBody reads at most MaxBodyBytes; ok is false when the body is larger.
+func readBody(r *http.Request) (body []byte, ok bool, err error) {
+	if r.ContentLength > protocol.MaxBodyBytes {
+		return nil, false, nil
+	}
+	body, err = io.ReadAll(io.LimitReader(r.Body, protocol.MaxBodyBytes+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if len(body) > protocol.MaxBodyBytes {
+		return nil, false, nil
+	}
+	return body, true, nil
+}
+
+// checkVAPID enforces the key of a restricted channel.
+func (s *Server) checkVAPID(r *http.Request, ch Channel) *pushError {
+	if ch.Key == nil {
+		return nil
+	}
+	key, err := webpush.VerifyVAPID(r.Header.Get("Authorization"), s.audience, s.now())
+	switch {
+	case errors.Is(err, webpush.ErrVAPIDMissing):
+		return newPushError(401, errnoVAPID, "this endpoint needs vapid authorization")
+	case err != nil:
+		s.log.Debug("rejected vapid authorization", "err", err)
+		return newPushError(403, errnoVAPID, "invalid vapid authorization")
+	case string(key) != string(ch.Key):
+		return newPushError(403, errnoVAPID, "vapid key does not match the subscription")
+	}
+	return nil
+}
+
+// resolve looks up the token of a push; a nil Channel means an error was sent.
+func (s *Server) resolve(w http.ResponseWriter, r *http.Request, token string) (Channel, bool) {
+	ch, err := s.channel(r.Context(), token)
+	if errors.Is(err, ErrNotFound) {
+		s.pushFail(w, newPushError(404, errnoNotFound, "unknown or unregistered endpoint"))
+		return Channel{}, false
+	}
+	if err != nil {
+		s.log.Error("cannot resolve token", "err", err)
+		w.Header().Set("Retry-After", "5")
+		s.pushFail(w, newPushError(503, errnoUnavailable, "store unavailable, retry later"))
+		return Channel{}, false
+	}
+	if e := s.checkVAPID(r, ch); e != nil {
+		s.pushFail(w, e)
+		return Channel{}, false
+	}
+	return ch, true
+}
+
+// accept stores m (unless TTL 0) and hands it to the device if connected.
+func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) error {
+	now := s.now()
+	if !m.Expiry.After(now) {
+		// TTL 0: only a device connected now gets it.
+		if c := s.hub.get(m.UAID); c != nil {
+			c.deliver(m)
+		}
+		s.metrics.accepted.WithLabelValues(api).Inc()
+		return nil
+	}
+	start := time.Now()
+	stored, dropped, err := s.store.Put(r.Context(), m, o, now)
+	s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
+	if err != nil {
+		return err
+	}
+	s.metrics.accepted.WithLabelValues(api).Inc()
+	if dropped > 0 {
+		s.metrics.dropped.Add(float64(dropped))
+	}
+	if stored {
+		if c := s.hub.get(m.UAID); c != nil {
+			c.deliver(m)
+		}
+	}
+	return nil
+}
+
+// handleWebPush is POST /wpush/v1/<token> (RFC 8030).
+func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
+	token := r.PathValue("token")
+	if s.limited(w, r, token) {
+		s.pushFail(w, newPushError(429, errnoTooMany, "too many requests, retry later"))
+		return
+	}
+	h, perr := parsePushHeaders(r.Header)
+	if perr != nil {
+		s.pushFail(w, perr)
+		return
+	}
+	body, ok, err := readBody(r)
+	if err != nil {
+		s.pushFail(w, newPushError(400, errnoBadHeader, "cannot read body"))
+		return
+	}
+	if !ok {
+		s.pushFail(w, newPushError(413, errnoTooLarge, "body larger than 4096 bytes"))
+		return
+	}
+	ch, ok := s.resolve(w, r, token)
+	if !ok {
+		return
+	}
+	var headers map[string]string
+	if len(body) > 0 {
+		switch enc := r.Header.Get("Content-Encoding"); enc {
+		case "aes128gcm":
+			headers = map[string]string{"encoding": enc}
+		case "aesgcm":
+			enc2, ck := r.Header.Get("Encryption"), r.Header.Get("Crypto-Key")
+			if enc2 == "" || ck == "" {
+				s.pushFail(w, newPushError(400, errnoBadEncoding, "aesgcm needs Encryption and Crypto-Key headers"))
+				return
+			}
+			headers = map[string]string{"encoding": enc, "encryption": enc2, "crypto_key": ck}
+		default:
+			s.pushFail(w, newPushError(400, errnoBadEncoding, "unsupported Content-Encoding: want aes128gcm"))
+			return
+		}
+	}
+	id := newMessageID()
+	m := &Message{
+		ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Topic: h.Topic,
+		Data: body, Headers: headers, Expiry: s.now().Add(time.Duration(h.TTL) * time.Second),
+	}
+	if err := s.accept(r, m, PutOptions{Replace: h.Topic != "", DropOver: protocol.MaxPendingPerChannel}, "webpush"); err != nil {
+		s.log.Error("cannot store message", "err", err)
+		w.Header().Set("Retry-After", "5")
+		s.pushFail(w, newPushError(503, errnoUnavailable, "cannot store message, retry later"))
+		return
+	}
+	s.log.Debug("accepted push", "msg_id", id, "bytes", len(body), "ttl", h.TTL, "urgency", h.Urgency)
+	w.Header().Set("Location", s.base+"/m/"+id)
+	w.Header().Set("TTL", strconv.FormatInt(h.TTL, 10))
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+// handleSimplePush is PUT /wpush/v1/<token> with version=N: a data-less
+// notification; only the newest version per channel stays pending.
+func (s *Server) handleSimplePush(w http.ResponseWriter, r *http.Request) {
+	token := r.PathValue("token")
+	if s.limited(w, r, token) {
+		s.pushFail(w, newPushError(429, errnoTooMany, "too many requests, retry later"))
+		return
+	}
+	body, ok, err := readBody(r)
+	if err != nil || !ok {
+		s.pushFail(w, newPushError(413, errnoTooLarge, "body larger than 4096 bytes"))
+		return
+	}
+	q, err := url.ParseQuery(string(body))
+	if err != nil {
+		s.pushFail(w, newPushError(400, errnoBadHeader, "body is not version=N"))
+		return
+	}
+	version := uint64(s.now().Unix())
+	if v := q.Get("version"); v != "" {
+		if version, err = strconv.ParseUint(v, 10, 64); err != nil {
+			s.pushFail(w, newPushError(400, errnoBadHeader, "version is not a non-negative integer"))
+			return
+		}
+	}
+	ch, ok := s.resolve(w, r, token)
+	if !ok {
+		return
+	}
+	m := &Message{
+		ID: newMessageID(), UAID: ch.UAID, ChannelID: ch.ChannelID, Version: strconv.FormatUint(version, 10),
+		Topic: simplePushTopic, Expiry: s.now().Add(protocol.MaxTTL),
+	}
+	if err := s.accept(r, m, PutOptions{KeepNewerVersion: true}, "simplepush"); err != nil {
+		s.log.Error("cannot store message", "err", err)
+		w.Header().Set("Retry-After", "5")
+		s.pushFail(w, newPushError(503, errnoUnavailable, "cannot store message, retry later"))
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handleCancel is DELETE /m/<id>.
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	if s.limited(w, r, "") {
+		s.pushFail(w, newPushError(429, errnoTooMany, "too many requests, retry later"))
+		return
+	}
+	id := r.PathValue("id")
+	if !protocol.ValidUAID(id) { // message ids have the same shape
+		s.pushFail(w, newPushError(404, errnoNotFound, "unknown message"))
+		return
+	}
+	switch err := s.store.Cancel(r.Context(), id); {
+	case errors.Is(err, ErrNotFound):
+		s.pushFail(w, newPushError(404, errnoNotFound, "unknown or already delivered message"))
+	case err != nil:
+		s.log.Error("cannot cancel message", "err", err)
+		s.pushFail(w, newPushError(503, errnoUnavailable, "store unavailable, retry later"))
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func notifyFail(w http.ResponseWriter, e *notifyError) { writeJSON(w, e.Status, e) }
+
+// handleNotify is the Lomiri/Ubuntu Push POST /notify.
+func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		notifyFail(w, newNotifyError(405, "invalid-request", "Wrong request method, should be POST"))
+		return
+	}
+	if r.ContentLength < 0 {
+		notifyFail(w, newNotifyError(411, "invalid-request", "A Content-Length must be provided"))
+		return
+	}
+	if r.ContentLength == 0 {
+		notifyFail(w, newNotifyError(400, "invalid-request", "Request body empty"))
+		return
+	}
+	if r.ContentLength > protocol.MaxBodyBytes {
+		notifyFail(w, newNotifyError(413, "invalid-request", "Request body too large"))
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		notifyFail(w, newNotifyError(415, "invalid-request", "Wrong content type, should be application/json"))
+		return
+	}
+	body, ok, err := readBody(r)
+	if err != nil {
+		notifyFail(w, newNotifyError(400, "io-error", "Could not read request body"))
+		return
+	}
+	if !ok {
+		notifyFail(w, newNotifyError(413, "invalid-request", "Request body too large"))
+		return
+	}
+	now := s.now()
+	req, nerr := parseNotify(body, now)
+	if nerr != nil {
+		notifyFail(w, nerr)
+		return
+	}
+	if s.limited(w, r, req.Token) {
+		notifyFail(w, newNotifyError(429, "unavailable", "Too many requests, retry later"))
+		return
+	}
+	ch, err := s.channel(r.Context(), req.Token)
+	if errors.Is(err, ErrNotFound) {
+		notifyFail(w, newNotifyError(400, "unknown-token", "Unknown token"))
+		return
+	}
+	if err != nil {
+		s.log.Error("cannot resolve token", "err", err)
+		notifyFail(w, newNotifyError(503, "unavailable", "Could not resolve token"))
+		return
+	}
+	if ch.Key != nil {
+		// A VAPID-restricted channel takes only signed Web Push.
+		notifyFail(w, newNotifyError(401, "unauthorized", "Unauthorized"))
+		return
+	}
+	exp := req.ExpireOn
+	if limit := now.Add(protocol.MaxTTL); exp.After(limit) {
+		exp = limit
+	}
+	id := newMessageID()
+	m := &Message{ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Data: req.Data, Expiry: exp}
+	o := PutOptions{ClearPending: req.ClearPending, RejectAt: MaxNotifyPending}
+	if req.ReplaceTag != "" {
+		m.Topic = notifyTagPrefix + req.ReplaceTag
+		o.Replace = true
+	}
+	if req.ClearPending {
+		o.RejectAt = 0
+	}
+	switch err := s.accept(r, m, o, "notify"); {
+	case errors.Is(err, ErrTooManyPending):
+		notifyFail(w, newNotifyError(413, "too-many-pending", "Too many pending notifications for this application"))
+	case err != nil:
+		s.log.Error("cannot store message", "err", err)
+		notifyFail(w, newNotifyError(503, "unavailable", "Could not store notification"))
+	default:
+		s.log.Debug("accepted notify", "msg_id", id, "app_id", req.AppID)
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	}
+}
+
+// limiter is a set of token buckets keyed by token or client address.
+type limiter struct {
+	rate, burst float64 // rate < 0: unlimited
+
+	mu      sync.Mutex
+	buckets map[string]*bucket // guarded by mu
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(l Limit) *limiter {
+	burst := float64(l.Burst)
+	if burst < 1 {
+		burst = math.Max(1, l.Rate)
+	}
+	return &limiter{rate: l.Rate, burst: burst, buckets: map[string]*bucket{}}
+}
+
+// allow takes one token for key; when none is left it returns the whole
+// seconds to wait.
+func (l *limiter) allow(key string, now time.Time) (bool, int) {
+	if l.rate < 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[key]
+	if b == nil {
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	if el := now.Sub(b.last).Seconds(); el > 0 {
+		b.tokens = math.Min(l.burst, b.tokens+el*l.rate)
+		b.last = now
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	if l.rate == 0 {
+		return false, 60
+	}
+	return false, int(math.Ceil((1 - b.tokens) / l.rate))
+}
+
+// prune forgets buckets that have refilled.
+func (l *limiter) prune(now time.Time) {
+	if l.rate <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, b := range l.buckets {
+		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+			delete(l.buckets, k)
+		}
+	}
+}

@@ -1,0 +1,494 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldpush/herald/protocol"
+	"github.com/heraldpush/herald/webpush"
+)
+
+const (
+	helloTimeout = 10 * time.Second
+	writeTimeout = 10 * time.Second
+	pongGrace    = 30 * time.Second
+	closeGrace   = 2 * time.Second
+	// maxUnacked is how many live messages a device may leave unacknowledged
+	// before further ones wait in the store for the next batch.
+	maxUnacked = 100
+	// closeInternal is the websocket close code for a server error.
+	closeInternal = 1011
+)
+
+// hub maps each connected uaid to its connection.
+type hub struct {
+	mu      sync.Mutex
+	conns   map[string]*conn // guarded by mu
+	closing bool             // guarded by mu; set by closeAll
+	wg      sync.WaitGroup   // one per running connection
+}
+
+// attach makes c the connection of its uaid and returns the one it replaces.
+func (h *hub) attach(c *conn) (old *conn, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return nil, false
+	}
+	old = h.conns[c.uaid]
+	h.conns[c.uaid] = c
+	return old, true
+}
+
+func (h *hub) detach(c *conn) {
+	h.mu.Lock()
+	if h.conns[c.uaid] == c {
+		delete(h.conns, c.uaid)
+	}
+	h.mu.Unlock()
+}
+
+func (h *hub) get(uaid string) *conn {
+	h.mu.Lock()
+	c := h.conns[uaid]
+	h.mu.Unlock()
+	return c
+}
+
+// start registers a connection goroutine unless the hub is closing.
+func (h *hub) start() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+// closeAll sends every connection a close frame and waits for them to end.
+func (h *hub) closeAll(code int, reason string) {
+	h.mu.Lock()
+	h.closing = true
+	conns := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		conns = append(conns, c)
+	}
+	h.mu.Unlock()
+	for _, c := range conns {
+		c.shut(code, reason)
+	}
+	h.wg.Wait()
+}
+
+// conn is one device websocket. Its reader goroutine (run) owns the reading
+// side; writes come from it, from posts (live delivery) and from the ping timer.
+type conn struct {
+	s    *Server
+	ws   *websocket.Conn
+	uaid string
+
+	wmu sync.Mutex // serialises writes to ws
+
+	mu       sync.Mutex
+	unacked  map[Ref]struct{} // guarded by mu; sent, waiting for an ack
+	draining bool             // guarded by mu; stored messages are being sent in batches
+	more     bool             // guarded by mu; a live message arrived while draining
+	cursor   int64            // guarded by mu; stored messages up to this Seq were fetched
+	closed   bool             // guarded by mu; no more writes
+	ping     *time.Timer      // guarded by mu
+}
+
+func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
+	if !s.hub.start() {
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.hub.wg.Done()
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		s.log.Debug("websocket upgrade failed", "err", err)
+		return
+	}
+	c := &conn{s: s, ws: ws}
+	c.run()
+}
+
+// run serves the connection until it ends.
+func (c *conn) run() {
+	s := c.s
+	defer c.ws.Close()
+	c.ws.SetReadLimit(protocol.MaxFrameBytes)
+	c.ws.SetReadDeadline(time.Now().Add(helloTimeout))
+	hello, err := c.readHello()
+	if err != nil {
+		s.log.Debug("device rejected before hello", "err", err)
+		return
+	}
+	ctx := context.Background()
+	uaid := hello.UAID
+	known := false
+	if protocol.ValidUAID(uaid) {
+		if known, err = s.store.HasDevice(ctx, uaid); err != nil {
+			s.log.Error("cannot look up device", "err", err)
+			c.fail(closeInternal, "internal error")
+			return
+		}
+	}
+	if !known {
+		uaid = protocol.NewUAID()
+		if err := s.store.AddDevice(ctx, uaid); err != nil {
+			s.log.Error("cannot add device", "err", err)
+			c.fail(closeInternal, "internal error")
+			return
+		}
+	}
+	c.uaid = uaid
+	old, ok := s.hub.attach(c)
+	if !ok {
+		c.fail(protocol.CloseGoingAway, "server shutting down")
+		return
+	}
+	if old != nil {
+		old.shut(protocol.CloseDoNotReconnect, "replaced by a newer connection")
+	}
+	s.metrics.connected.Inc()
+	defer func() {
+		s.hub.detach(c)
+		s.metrics.connected.Dec()
+		c.mu.Lock()
+		c.closed = true
+		if c.ping != nil {
+			c.ping.Stop()
+		}
+		c.mu.Unlock()
+	}()
+	s.log.Debug("device connected", "uaid", redact(uaid), "known", known)
+
+	reply, _ := protocol.Encode(&protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	c.mu.Lock()
+	c.draining = true
+	c.ping = time.AfterFunc(s.cfg.PingInterval, c.sendPing)
+	c.mu.Unlock()
+	if c.write(reply) != nil {
+		return
+	}
+	c.extendDeadline()
+	c.ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
+	if err := c.drain(ctx); err != nil {
+		return
+	}
+	for {
+		typ, frame, err := c.ws.ReadMessage()
+		if err != nil {
+			s.log.Debug("device disconnected", "err", err)
+			return
+		}
+		c.extendDeadline()
+		if typ != websocket.TextMessage {
+			c.fail(websocket.CloseUnsupportedData, "text frames only")
+			return
+		}
+		m, err := protocol.Decode(frame)
+		if err != nil {
+			s.log.Debug("bad frame from device", "err", err)
+			c.fail(websocket.CloseProtocolError, "malformed frame")
+			return
+		}
+		if err := c.handle(ctx, m); err != nil {
+			return
+		}
+	}
+}
+
+func (c *conn) readHello() (*protocol.Hello, error) {
+	typ, frame, err := c.ws.ReadMessage()
+	if err != nil {
+		// Over MaxFrameBytes, gorilla has already sent close 1009.
+		return nil, err
+	}
+	if typ != websocket.TextMessage {
+		c.fail(websocket.CloseUnsupportedData, "text frames only")
+		return nil, errors.New("binary first frame")
+	}
+	m, err := protocol.Decode(frame)
+	if err != nil {
+		c.fail(websocket.CloseProtocolError, "malformed frame")
+		return nil, err
+	}
+	h, ok := m.(*protocol.Hello)
+	if !ok {
+		c.fail(websocket.CloseProtocolError, "first frame must be hello")
+		return nil, errors.New("first frame is " + m.Type())
+	}
+	return h, nil
+}
+
+func (c *conn) extendDeadline() {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return // shut has set the final deadline
+	}
+	c.ws.SetReadDeadline(time.Now().Add(c.s.cfg.PingInterval + pongGrace))
+}
+
+// handle processes one frame after hello. An error ends the connection.
+func (c *conn) handle(ctx context.Context, m protocol.Message) error {
+	s := c.s
+	switch m := m.(type) {
+	case *protocol.Ping:
+		return c.write([]byte("{}"))
+	case *protocol.Register:
+		return c.register(ctx, m)
+	case *protocol.Unregister:
+		status := 200
+		if err := s.store.Unregister(ctx, c.uaid, m.ChannelID); err != nil {
+			s.log.Error("cannot unregister channel", "err", err)
+			status = 500
+		}
+		s.tokens.drop(c.uaid, m.ChannelID)
+		reply, _ := protocol.Encode(&protocol.Unregister{ChannelID: m.ChannelID, Status: status})
+		return c.write(reply)
+	case *protocol.Ack:
+		refs := make([]Ref, 0, len(m.Updates))
+		delivered := 0
+		c.mu.Lock()
+		for _, u := range m.Updates {
+			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
+			if _, ok := c.unacked[r]; ok {
+				delete(c.unacked, r)
+				if u.Code == 0 || u.Code == protocol.AckDelivered {
+					delivered++
+				}
+			}
+			refs = append(refs, r)
+		}
+		more := c.draining && len(c.unacked) == 0
+		c.mu.Unlock()
+		s.metrics.delivered.Add(float64(delivered))
+		if err := s.store.Delete(ctx, c.uaid, refs); err != nil {
+			s.log.Warn("cannot delete acknowledged messages", "err", err)
+		}
+		if more {
+			return c.drain(ctx)
+		}
+		return nil
+	case *protocol.Nack:
+		// The message stays stored and is sent again on the next connection.
+		c.mu.Lock()
+		for r := range c.unacked {
+			if r.Version == m.Version {
+				delete(c.unacked, r)
+			}
+		}
+		more := c.draining && len(c.unacked) == 0
+		c.mu.Unlock()
+		if more {
+			return c.drain(ctx)
+		}
+		return nil
+	default:
+		// hello again, notification from a device, broadcast_subscribe, …: ignored.
+		s.log.Debug("ignored frame from device", "type", m.Type())
+		return nil
+	}
+}
+
+func (c *conn) register(ctx context.Context, m *protocol.Register) error {
+	s := c.s
+	reply := &protocol.Register{ChannelID: m.ChannelID}
+	var key []byte
+	if m.Key != "" {
+		k, err := webpush.ParseP256PublicKey(m.Key)
+		if err != nil {
+			s.log.Debug("register with a bad key", "err", err)
+			reply.Status = 400
+			b, _ := protocol.Encode(reply)
+			return c.write(b)
+		}
+		key = k
+	}
+	ch, err := s.store.Register(ctx, Channel{Token: newToken(), UAID: c.uaid, ChannelID: m.ChannelID, Key: key})
+	switch {
+	case errors.Is(err, ErrConflict):
+		reply.Status = 409
+	case err != nil:
+		s.log.Error("cannot register channel", "err", err)
+		reply.Status = 500
+	default:
+		s.tokens.put(ch)
+		reply.Status = 200
+		reply.PushEndpoint = s.base + "/wpush/v1/" + ch.Token
+	}
+	b, _ := protocol.Encode(reply)
+	return c.write(b)
+}
+
+// drain sends the next batch of stored messages, if no batch is unacked.
+func (c *conn) drain(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		if c.closed || !c.draining || len(c.unacked) > 0 {
+			c.mu.Unlock()
+			return nil
+		}
+		c.more = false
+		after := c.cursor
+		c.mu.Unlock()
+
+		msgs, err := c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+		if err != nil {
+			c.s.log.Error("cannot read pending messages", "err", err)
+			c.fail(closeInternal, "internal error")
+			return err
+		}
+		var frames [][]byte
+		c.mu.Lock()
+		for _, m := range msgs {
+			c.cursor = max(c.cursor, m.Seq)
+			r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+			if _, ok := c.unacked[r]; ok {
+				continue
+			}
+			c.markSent(r)
+			frames = append(frames, c.s.encodeNotification(m))
+		}
+		if len(msgs) < protocol.BatchSize && !c.more {
+			c.draining = false
+		}
+		again := c.draining && len(c.unacked) == 0
+		c.mu.Unlock()
+		if len(frames) > 0 {
+			if err := c.write(frames...); err != nil {
+				return err
+			}
+		}
+		if !again {
+			return nil
+		}
+	}
+}
+
+// markSent records r as waiting for an ack. c.mu must be held.
+func (c *conn) markSent(r Ref) {
+	if c.unacked == nil {
+		c.unacked = make(map[Ref]struct{}, 4)
+	}
+	c.unacked[r] = struct{}{}
+}
+
+// deliver sends a just-accepted message to the device at once, or leaves a
+// stored one for the next batch when the device is busy.
+func (c *conn) deliver(m *Message) {
+	r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if _, ok := c.unacked[r]; ok {
+		c.mu.Unlock()
+		return
+	}
+	if m.Seq != 0 && (c.draining || len(c.unacked) >= maxUnacked) {
+		c.draining = true
+		c.more = true
+		c.mu.Unlock()
+		return
+	}
+	c.markSent(r)
+	c.mu.Unlock()
+	_ = c.write(c.s.encodeNotification(m))
+}
+
+func (s *Server) encodeNotification(m *Message) []byte {
+	n := &protocol.Notification{ChannelID: m.ChannelID, Version: m.Version, Headers: m.Headers}
+	if len(m.Data) > 0 {
+		n.Data = protocol.EncodeBase64URL(m.Data)
+	}
+	if ttl := m.Expiry.Sub(s.now()); ttl > 0 {
+		n.TTL = int64((ttl + time.Second - 1) / time.Second)
+	}
+	b, _ := protocol.Encode(n)
+	return b
+}
+
+// write sends text frames; a failed write closes the connection.
+func (c *conn) write(frames ...[]byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+	for _, f := range frames {
+		if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
+			c.ws.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *conn) sendPing() {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return
+	}
+	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+		c.ws.Close()
+		return
+	}
+	c.mu.Lock()
+	if !c.closed {
+		c.ping.Reset(c.s.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+}
+
+// fail closes the connection with a close frame (from the reader goroutine).
+func (c *conn) fail(code int, reason string) {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	c.ws.Close()
+}
+
+// shut sends a close frame from another goroutine and lets the reader end
+// when the device answers (or after closeGrace).
+func (c *conn) shut(code int, reason string) {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	if err := c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second)); err != nil {
+		c.ws.Close()
+		return
+	}
+	c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+}
+
+// newToken returns an endpoint token: 128 random bits, base64url.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return protocol.EncodeBase64URL(b[:])
+}
+
+// newMessageID returns a message id: 128 random bits, 32 hex digits.
+func newMessageID() string { return protocol.NewUAID() }
+
+// redact shortens a secret for debug logs.
+func redact(s string) string {
+	if len(s) <= 4 {
+		return "…"
+	}
+	return s[:4] + "…"
+}

@@ -1,0 +1,335 @@
+// Package server is Herald's reference push server: the HTTP API that app
+// servers post to (Web Push, SimplePush, Lomiri /notify), the device hub that
+// holds one autopush websocket per device, and the durable message store.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/heraldpush/herald/protocol"
+)
+
+// Limit is a token-bucket rate: Rate requests per second with bursts of Burst.
+// The zero Limit means the default; a negative Rate means no limit.
+type Limit struct {
+	Rate  float64
+	Burst int
+}
+
+// Defaults of Config.
+var (
+	DefaultTokenLimit = Limit{Rate: 10, Burst: 100}
+	DefaultIPLimit    = Limit{Rate: 500, Burst: 2000}
+)
+
+// DefaultSweepInterval is how often expired messages are deleted.
+const DefaultSweepInterval = time.Minute
+
+// Config configures a Server.
+type Config struct {
+	// PublicURL is the base URL app servers reach the server at, for example
+	// https://push.example.org. Endpoints are <PublicURL>/wpush/v1/<token> and
+	// VAPID tokens must name its origin as aud. Required.
+	PublicURL string
+	// DBPath is the sqlite file; ignored when Store is set.
+	DBPath string
+	// Store replaces the sqlite store (for example a networked one).
+	Store Store
+	// PingInterval is how often websocket pings are sent (default 5 min).
+	PingInterval time.Duration
+	// TokenLimit limits posts per endpoint token, IPLimit per client address.
+	TokenLimit, IPLimit Limit
+	// SweepInterval is how often expired messages are swept (default 1 min).
+	SweepInterval time.Duration
+	// Logger receives the server's logs (default: discarded).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Server is the reference push server.
+type Server struct {
+	cfg      Config
+	store    Store
+	log      *slog.Logger
+	now      func() time.Time
+	base     string // PublicURL without a trailing slash
+	audience string // origin of PublicURL
+	upgrader websocket.Upgrader
+	handler  http.Handler
+	metrics  *metrics
+	tokenRL  *limiter
+	ipRL     *limiter
+	hub      hub
+	tokens   tokenCache
+}
+
+// New validates cfg and opens the store. It starts no goroutines: call Serve.
+func New(cfg Config) (*Server, error) {
+	u, err := url.Parse(cfg.PublicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("invalid public url %q: want http(s)://host[:port]", cfg.PublicURL)
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = protocol.DefaultPingInterval
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.TokenLimit == (Limit{}) {
+		cfg.TokenLimit = DefaultTokenLimit
+	}
+	if cfg.IPLimit == (Limit{}) {
+		cfg.IPLimit = DefaultIPLimit
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		base:     strings.TrimRight(cfg.PublicURL, "/"),
+		audience: u.Scheme + "://" + u.Host,
+		tokenRL:  newLimiter(cfg.TokenLimit),
+		ipRL:     newLimiter(cfg.IPLimit),
+		metrics:  newMetrics(),
+	}
+	s.hub.conns = map[string]*conn{}
+	s.tokens.m = map[string]Channel{}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   512,
+		WriteBufferSize:  1024,
+		WriteBufferPool:  &sync.Pool{},
+		Subprotocols:     []string{protocol.Subprotocol},
+		// Devices are not web pages: any Origin (usually none) is fine.
+		CheckOrigin: func(*http.Request) bool { return true },
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		},
+	}
+	if cfg.Store != nil {
+		s.store = cfg.Store
+	} else {
+		if cfg.DBPath == "" {
+			return nil, errors.New("no store: set DBPath or Store")
+		}
+		st, err := OpenSQLite(cfg.DBPath)
+		if err != nil {
+			return nil, err
+		}
+		st.ObserveCommit = func(n int, d time.Duration) {
+			s.metrics.commitSeconds.Observe(d.Seconds())
+			s.metrics.commitOps.Observe(float64(n))
+		}
+		s.store = st
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the server (device websocket and app
+// server API). It works only while Serve runs, which runs the store.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", s.serveRoot)
+	mux.HandleFunc("POST /wpush/v1/{token}", s.handleWebPush)
+	mux.HandleFunc("PUT /wpush/v1/{token}", s.handleSimplePush)
+	mux.HandleFunc("DELETE /m/{id}", s.handleCancel)
+	mux.HandleFunc("/notify", s.handleNotify)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "herald push server: devices connect here with a websocket\n")
+		return
+	}
+	s.serveDevice(w, r)
+}
+
+// Serve accepts connections on ln until ctx ends. Then it stops accepting,
+// finishes the requests in flight, closes every device websocket with a 1001
+// close frame, flushes the store and returns. The store is closed on return.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	storeDone := make(chan error, 1)
+	go func() { storeDone <- s.store.Run(storeCtx) }()
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(ctx)
+	bg.Go(func() { s.sweep(bgCtx) })
+
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("cannot serve: %w", err)
+	}
+	s.log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if e := hs.Shutdown(shutCtx); e != nil {
+		s.log.Warn("http shutdown incomplete", "err", e)
+	}
+	s.hub.closeAll(protocol.CloseGoingAway, "server shutting down")
+	stopBG()
+	bg.Wait()
+	stopStore()
+	if e := <-storeDone; e != nil {
+		err = errors.Join(err, e)
+	}
+	if e := s.store.Close(); e != nil {
+		err = errors.Join(err, fmt.Errorf("cannot close store: %w", e))
+	}
+	return err
+}
+
+// sweep deletes expired messages and idle rate buckets every SweepInterval.
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		n, err := s.store.Sweep(ctx, now)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("cannot sweep expired messages", "err", err)
+			}
+			continue
+		}
+		if n > 0 {
+			s.metrics.expired.Add(float64(n))
+			s.log.Debug("swept expired messages", "count", n)
+		}
+		s.tokenRL.prune(now)
+		s.ipRL.prune(now)
+	}
+}
+
+// metrics are the server's Prometheus collectors, on a registry of their own.
+type metrics struct {
+	reg           *prometheus.Registry
+	connected     prometheus.Gauge
+	accepted      *prometheus.CounterVec
+	delivered     prometheus.Counter
+	expired       prometheus.Counter
+	dropped       prometheus.Counter
+	storeSeconds  *prometheus.HistogramVec
+	commitSeconds prometheus.Histogram
+	commitOps     prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_connected_devices", Help: "Devices connected by websocket."}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_messages_accepted_total", Help: "Messages accepted from app servers."}, []string{"api"}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_delivered_total", Help: "Messages delivered and acknowledged by devices."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_expired_total", Help: "Messages deleted undelivered at expiry."}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_dropped_total", Help: "Oldest pending messages dropped over the per-channel limit."}),
+		storeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "herald_store_latency_seconds", Help: "Latency of store operations.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"op"}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "herald_store_commit_seconds", Help: "Duration of one group commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		commitOps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "herald_store_commit_ops", Help: "Operations per group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+	}
+	m.reg.MustRegister(m.connected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps)
+	return m
+}
+
+// tokenCache keeps looked-up channels so that a post needs no store read.
+type tokenCache struct {
+	mu sync.RWMutex
+	m  map[string]Channel // guarded by mu
+}
+
+const maxCachedTokens = 200000
+
+func (c *tokenCache) get(token string) (Channel, bool) {
+	c.mu.RLock()
+	ch, ok := c.m[token]
+	c.mu.RUnlock()
+	return ch, ok
+}
+
+func (c *tokenCache) put(ch Channel) {
+	c.mu.Lock()
+	if len(c.m) >= maxCachedTokens {
+		clear(c.m)
+	}
+	c.m[ch.Token] = ch
+	c.mu.Unlock()
+}
+
+func (c *tokenCache) drop(uaid, channelID string) {
+	c.mu.Lock()
+	for t, ch := range c.m {
+		if ch.UAID == uaid && ch.ChannelID == channelID {
+			delete(c.m, t)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// channel resolves an endpoint token.
+func (s *Server) channel(ctx context.Context, token string) (Channel, error) {
+	if ch, ok := s.tokens.get(token); ok {
+		return ch, nil
+	}
+	ch, err := s.store.Channel(ctx, token)
+	if err != nil {
+		return Channel{}, err
+	}
+	s.tokens.put(ch)
+	return ch, nil
+}

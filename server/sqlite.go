@@ -1,0 +1,528 @@
+package server
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // database/sql driver "sqlite3"
+)
+
+// maxBatch is the most operations one group commit carries.
+const maxBatch = 1024
+
+const schema = `
+CREATE TABLE IF NOT EXISTS devices (
+	uaid    TEXT PRIMARY KEY,
+	created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channels (
+	token   TEXT PRIMARY KEY,
+	uaid    TEXT NOT NULL,
+	chid    TEXT NOT NULL,
+	vapid   BLOB,
+	created INTEGER NOT NULL,
+	UNIQUE (uaid, chid)
+);
+CREATE TABLE IF NOT EXISTS messages (
+	seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+	id      TEXT NOT NULL UNIQUE,
+	uaid    TEXT NOT NULL,
+	chid    TEXT NOT NULL,
+	version TEXT NOT NULL,
+	topic   TEXT NOT NULL DEFAULT '',
+	data    BLOB,
+	headers TEXT,
+	expiry  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_uaid ON messages (uaid, seq);
+CREATE INDEX IF NOT EXISTS messages_chan ON messages (uaid, chid, version);
+`
+
+// SQLiteStore is the Store of a single server: one sqlite file in WAL mode,
+// written by one goroutine (Run) that group-commits batches of operations.
+type SQLiteStore struct {
+	wdb   *sql.DB // one connection, used only by Run
+	rdb   *sql.DB // readers
+	ops   chan *writeOp
+	stmts map[string]*sql.Stmt // writer statements, prepared on wdb
+	rsel  *sql.Stmt            // Pending
+	rchan *sql.Stmt            // Channel
+	rdev  *sql.Stmt            // HasDevice
+
+	// ObserveCommit, when set before Run, is called after each commit with the
+	// batch size and the time the commit took.
+	ObserveCommit func(ops int, d time.Duration)
+
+	mu     sync.Mutex // guards closed
+	closed bool
+	done   chan struct{} // closed when Run has flushed and returned
+}
+
+type writeOp struct {
+	fn   func(tx *sql.Tx, st func(string) *sql.Stmt) error
+	done chan error // nil: nobody waits
+}
+
+var writerSQL = map[string]string{
+	"adddev":   `INSERT OR IGNORE INTO devices (uaid, created) VALUES (?, ?)`,
+	"changet":  `SELECT token, vapid FROM channels WHERE uaid = ? AND chid = ?`,
+	"chanadd":  `INSERT INTO channels (token, uaid, chid, vapid, created) VALUES (?, ?, ?, ?, ?)`,
+	"chandel":  `DELETE FROM channels WHERE uaid = ? AND chid = ?`,
+	"msgdelch": `DELETE FROM messages WHERE uaid = ? AND chid = ?`,
+	"msgtopic": `SELECT seq, version FROM messages WHERE uaid = ? AND chid = ? AND topic = ?`,
+	"msgdelt":  `DELETE FROM messages WHERE uaid = ? AND chid = ? AND topic = ?`,
+	"msgcount": `SELECT count(*) FROM messages WHERE uaid = ? AND chid = ? AND expiry > ?`,
+	"msgdrop":  `DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE uaid = ? AND chid = ? ORDER BY seq LIMIT ?)`,
+	"msgput":   `INSERT INTO messages (id, uaid, chid, version, topic, data, headers, expiry) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+	"msgack":   `DELETE FROM messages WHERE uaid = ? AND chid = ? AND version = ?`,
+	"msgcanc":  `DELETE FROM messages WHERE id = ?`,
+	"sweep":    `DELETE FROM messages WHERE expiry <= ?`,
+}
+
+// OpenSQLite opens (creating if needed) the sqlite store at path. It starts no
+// goroutines: call Run.
+func OpenSQLite(path string) (*SQLiteStore, error) {
+	q := url.Values{}
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "FULL")
+	q.Set("_busy_timeout", "10000")
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+	wdb, err := sql.Open("sqlite3", dsn+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("cannot open store %q: %w", path, err)
+	}
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	if _, err := wdb.Exec(schema); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("cannot create schema in %q: %w", path, err)
+	}
+	rdb, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("cannot open store %q: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(4)
+	rdb.SetMaxIdleConns(4)
+	s := &SQLiteStore{wdb: wdb, rdb: rdb, ops: make(chan *writeOp, maxBatch), stmts: map[string]*sql.Stmt{}, done: make(chan struct{})}
+	fail := func(err error) (*SQLiteStore, error) {
+		wdb.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("cannot prepare statements of %q: %w", path, err)
+	}
+	for name, text := range writerSQL {
+		st, err := wdb.Prepare(text)
+		if err != nil {
+			return fail(err)
+		}
+		s.stmts[name] = st
+	}
+	if s.rsel, err = rdb.Prepare(`SELECT seq, id, chid, version, topic, data, headers, expiry FROM messages
+		WHERE uaid = ? AND seq > ? AND expiry > ? ORDER BY seq LIMIT ?`); err != nil {
+		return fail(err)
+	}
+	if s.rchan, err = rdb.Prepare(`SELECT uaid, chid, vapid FROM channels WHERE token = ?`); err != nil {
+		return fail(err)
+	}
+	if s.rdev, err = rdb.Prepare(`SELECT 1 FROM devices WHERE uaid = ?`); err != nil {
+		return fail(err)
+	}
+	return s, nil
+}
+
+// Run is the writer: it commits queued operations in batches until ctx ends,
+// then commits what is still queued and returns.
+func (s *SQLiteStore) Run(ctx context.Context) error {
+	defer close(s.done)
+	batch := make([]*writeOp, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case op := <-s.ops:
+			batch = append(batch, op)
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.closed = true
+			s.mu.Unlock()
+			// Nobody can enqueue any more: flush the rest.
+			for {
+				select {
+				case op := <-s.ops:
+					batch = append(batch, op)
+					if len(batch) == maxBatch {
+						s.commit(batch)
+						batch = batch[:0]
+					}
+				default:
+					s.commit(batch)
+					return nil
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-s.ops:
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit runs ops in one transaction, each under its own savepoint so that a
+// failing op changes nothing, and reports each op's result after the commit.
+func (s *SQLiteStore) commit(batch []*writeOp) {
+	if len(batch) == 0 {
+		return
+	}
+	start := time.Now()
+	errs := make([]error, len(batch))
+	tx, err := s.wdb.Begin()
+	if err == nil {
+		st := func(name string) *sql.Stmt { return tx.Stmt(s.stmts[name]) }
+		for i, op := range batch {
+			if _, err := tx.Exec("SAVEPOINT op"); err != nil {
+				errs[i] = err
+				continue
+			}
+			if errs[i] = op.fn(tx, st); errs[i] != nil {
+				if _, err := tx.Exec("ROLLBACK TO op"); err != nil {
+					errs[i] = errors.Join(errs[i], err)
+				}
+			}
+			if _, err := tx.Exec("RELEASE op"); err != nil && errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		err = tx.Commit()
+	}
+	if err != nil {
+		if tx != nil {
+			_ = tx.Rollback()
+		}
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = fmt.Errorf("cannot commit: %w", err)
+			}
+		}
+	}
+	if s.ObserveCommit != nil {
+		s.ObserveCommit(len(batch), time.Since(start))
+	}
+	for i, op := range batch {
+		if op.done != nil {
+			op.done <- errs[i]
+		}
+	}
+}
+
+// write queues fn for the writer and waits for its commit unless async.
+func (s *SQLiteStore) write(ctx context.Context, async bool, fn func(tx *sql.Tx, st func(string) *sql.Stmt) error) error {
+	op := &writeOp{fn: fn}
+	if !async {
+		op.done = make(chan error, 1)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	// Enqueue under the lock so that Run's final flush sees every op.
+	select {
+	case s.ops <- op:
+		s.mu.Unlock()
+	default:
+		s.mu.Unlock()
+		select {
+		case s.ops <- op:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return ErrClosed
+		}
+	}
+	if async {
+		return nil
+	}
+	select {
+	case err := <-op.done:
+		return err
+	case <-s.done:
+		// Run flushed everything before closing done.
+		select {
+		case err := <-op.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+// HasDevice implements Store.
+func (s *SQLiteStore) HasDevice(ctx context.Context, uaid string) (bool, error) {
+	var one int
+	err := s.rdev.QueryRowContext(ctx, uaid).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cannot look up device: %w", err)
+	}
+	return true, nil
+}
+
+// AddDevice implements Store.
+func (s *SQLiteStore) AddDevice(ctx context.Context, uaid string) error {
+	now := time.Now()
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		_, err := st("adddev").Exec(uaid, ms(now))
+		return err
+	})
+}
+
+// Register implements Store.
+func (s *SQLiteStore) Register(ctx context.Context, ch Channel) (Channel, error) {
+	out := ch
+	now := time.Now()
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		var token string
+		var key []byte
+		err := st("changet").QueryRow(ch.UAID, ch.ChannelID).Scan(&token, &key)
+		switch {
+		case err == nil:
+			if string(key) != string(ch.Key) {
+				return ErrConflict
+			}
+			out.Token = token
+			return nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		_, err = st("chanadd").Exec(ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), ms(now))
+		return err
+	})
+	if err != nil {
+		return Channel{}, err
+	}
+	return out, nil
+}
+
+func nilIfEmpty(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// Unregister implements Store.
+func (s *SQLiteStore) Unregister(ctx context.Context, uaid, channelID string) error {
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		if _, err := st("chandel").Exec(uaid, channelID); err != nil {
+			return err
+		}
+		_, err := st("msgdelch").Exec(uaid, channelID)
+		return err
+	})
+}
+
+// Channel implements Store.
+func (s *SQLiteStore) Channel(ctx context.Context, token string) (Channel, error) {
+	ch := Channel{Token: token}
+	err := s.rchan.QueryRowContext(ctx, token).Scan(&ch.UAID, &ch.ChannelID, &ch.Key)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Channel{}, ErrNotFound
+	}
+	if err != nil {
+		return Channel{}, fmt.Errorf("cannot look up token: %w", err)
+	}
+	return ch, nil
+}
+
+// Put implements Store.
+func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (bool, int, error) {
+	var headers any
+	if len(m.Headers) > 0 {
+		b, err := json.Marshal(m.Headers)
+		if err != nil {
+			return false, 0, fmt.Errorf("cannot encode headers: %w", err)
+		}
+		headers = string(b)
+	}
+	stored := true
+	dropped := 0
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		stored, dropped = true, 0
+		if o.ClearPending {
+			if _, err := st("msgdelch").Exec(m.UAID, m.ChannelID); err != nil {
+				return err
+			}
+		}
+		if o.KeepNewerVersion && m.Topic != "" {
+			rows, err := st("msgtopic").Query(m.UAID, m.ChannelID, m.Topic)
+			if err != nil {
+				return err
+			}
+			newer := false
+			nv, _ := strconv.ParseUint(m.Version, 10, 64)
+			for rows.Next() {
+				var seq int64
+				var v string
+				if err := rows.Scan(&seq, &v); err != nil {
+					rows.Close()
+					return err
+				}
+				if pv, err := strconv.ParseUint(v, 10, 64); err == nil && pv >= nv {
+					newer = true
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if newer {
+				stored = false
+				return nil
+			}
+		}
+		if (o.Replace || o.KeepNewerVersion) && m.Topic != "" {
+			if _, err := st("msgdelt").Exec(m.UAID, m.ChannelID, m.Topic); err != nil {
+				return err
+			}
+		}
+		if o.RejectAt > 0 {
+			var n int
+			if err := st("msgcount").QueryRow(m.UAID, m.ChannelID, ms(now)).Scan(&n); err != nil {
+				return err
+			}
+			if n >= o.RejectAt {
+				return ErrTooManyPending
+			}
+		}
+		res, err := st("msgput").Exec(m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry))
+		if err != nil {
+			return err
+		}
+		if m.Seq, err = res.LastInsertId(); err != nil {
+			return err
+		}
+		if o.DropOver > 0 {
+			var n int
+			if err := st("msgcount").QueryRow(m.UAID, m.ChannelID, int64(-1<<62)).Scan(&n); err != nil {
+				return err
+			}
+			if n > o.DropOver {
+				if _, err := st("msgdrop").Exec(m.UAID, m.ChannelID, n-o.DropOver); err != nil {
+					return err
+				}
+				dropped = n - o.DropOver
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, 0, err
+	}
+	return stored, dropped, nil
+}
+
+// Pending implements Store.
+func (s *SQLiteStore) Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error) {
+	rows, err := s.rsel.QueryContext(ctx, uaid, after, ms(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read pending messages: %w", err)
+	}
+	defer rows.Close()
+	var out []*Message
+	for rows.Next() {
+		m := &Message{UAID: uaid}
+		var headers sql.NullString
+		var exp int64
+		if err := rows.Scan(&m.Seq, &m.ID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp); err != nil {
+			return nil, fmt.Errorf("cannot read pending messages: %w", err)
+		}
+		m.Expiry = time.UnixMilli(exp)
+		if headers.Valid && headers.String != "" {
+			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
+				return nil, fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+			}
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("cannot read pending messages: %w", err)
+	}
+	return out, nil
+}
+
+// Delete implements Store. It does not wait for the commit.
+func (s *SQLiteStore) Delete(ctx context.Context, uaid string, refs []Ref) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	return s.write(ctx, true, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		del := st("msgack")
+		for _, r := range refs {
+			if _, err := del.Exec(uaid, r.ChannelID, r.Version); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Cancel implements Store.
+func (s *SQLiteStore) Cancel(ctx context.Context, id string) error {
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		res, err := st("msgcanc").Exec(id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+}
+
+// Sweep implements Store.
+func (s *SQLiteStore) Sweep(ctx context.Context, now time.Time) (int, error) {
+	var n int64
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		res, err := st("sweep").Exec(ms(now))
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
+// Close implements Store.
+func (s *SQLiteStore) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	for _, st := range []*sql.Stmt{s.rsel, s.rchan, s.rdev} {
+		st.Close()
+	}
+	return errors.Join(s.rdb.Close(), s.wdb.Close())
+}

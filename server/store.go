@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store returns that the server branches on.
+var (
+	// ErrNotFound is returned for an unknown token, device or message.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict is returned when a channel is registered again with another key.
+	ErrConflict = errors.New("channel already registered with another key")
+	// ErrTooManyPending is returned by Put when PutOptions.RejectAt is reached.
+	ErrTooManyPending = errors.New("too many pending messages")
+	// ErrClosed is returned after the store has been closed.
+	ErrClosed = errors.New("store closed")
+)
+
+// Channel is one registration: an endpoint token mapped to a device channel.
+type Channel struct {
+	Token     string
+	UAID      string
+	ChannelID string
+	// Key is the VAPID public key (65-byte point) of a restricted channel, else nil.
+	Key []byte
+}
+
+// Message is one stored push message.
+type Message struct {
+	// Seq orders the messages of the store; it grows with every Put and is 0 for
+	// messages that were never stored (TTL 0).
+	Seq       int64
+	ID        string // message id, used in Location: /m/<id>
+	UAID      string
+	ChannelID string
+	// Version is what the device sees as "version": the ID, or N for SimplePush.
+	Version string
+	Topic   string
+	Data    []byte
+	Headers map[string]string
+	Expiry  time.Time
+}
+
+// Ref names a message acknowledged by a device.
+type Ref struct {
+	ChannelID string
+	Version   string
+}
+
+// PutOptions says how Put treats the messages already pending on the channel.
+type PutOptions struct {
+	// ClearPending removes every pending message of the channel first.
+	ClearPending bool
+	// Replace removes pending messages of the channel with the same Topic.
+	Replace bool
+	// KeepNewerVersion keeps a pending message with the same Topic whose
+	// numeric Version is not older, and then drops the new message (SimplePush).
+	KeepNewerVersion bool
+	// RejectAt > 0 fails with ErrTooManyPending when the channel already has this
+	// many unexpired pending messages (after Clear and Replace).
+	RejectAt int
+	// DropOver > 0 drops the oldest messages of the channel beyond this many.
+	DropOver int
+}
+
+// Store keeps devices, channels and pending messages. A networked store can
+// implement it to back several server nodes.
+type Store interface {
+	// Run does the background work (writes) until ctx ends, then flushes.
+	Run(ctx context.Context) error
+	// HasDevice reports whether the uaid is known.
+	HasDevice(ctx context.Context, uaid string) (bool, error)
+	// AddDevice records a new uaid.
+	AddDevice(ctx context.Context, uaid string) error
+	// Register stores ch. When the (UAID, ChannelID) pair exists with the same
+	// key it returns the stored channel; with another key, ErrConflict.
+	Register(ctx context.Context, ch Channel) (Channel, error)
+	// Unregister drops a channel and its pending messages; unknown is fine.
+	Unregister(ctx context.Context, uaid, channelID string) error
+	// Channel looks up a token; ErrNotFound when unknown.
+	Channel(ctx context.Context, token string) (Channel, error)
+	// Put stores m durably and sets m.Seq; it returns once committed.
+	// stored is false when KeepNewerVersion dropped m.
+	Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (stored bool, dropped int, err error)
+	// Pending returns up to limit unexpired messages of uaid with Seq > after, in Seq order.
+	Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
+	// Delete removes acknowledged messages. It may return before the deletion
+	// is durable: a crash can redeliver them (at-least-once).
+	Delete(ctx context.Context, uaid string, refs []Ref) error
+	// Cancel deletes a pending message by id; ErrNotFound when absent.
+	Cancel(ctx context.Context, id string) error
+	// Sweep deletes expired messages and returns how many.
+	Sweep(ctx context.Context, now time.Time) (int, error)
+	// Close releases the store; call it after Run has returned.
+	Close() error
+}
