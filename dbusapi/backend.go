@@ -92,7 +92,9 @@ type UPMessage struct {
 
 // The daemon drives the Service (see service.go) through these methods:
 //
-//	New(cfg Config) (*Service, error)                 // Config{Conn, Backend, Logger, RequireConfinement, ...}
+//	New(cfg Config) (*Service, error)                 // Config{Address, Backend, Logger, RequireConfinement, ProcRoot, CallTimeout}
+//	                                                  // the Service dials Address itself (it must be the connection's
+//	                                                  // method handler); Config.Conn alone is rejected.
 //	(*Service).Start(ctx) error                       // export objects + introspection, then request names (DoNotQueue)
 //	(*Service).Close() error                          // release names, unexport
 //	(*Service).EmitPost(appID string) error           // Post(s) on com.lomiri.Postal and com.ubuntu.Postal

@@ -88,7 +88,7 @@ type Service struct {
 	closed   bool
 	signalCh chan *dbus.Signal
 
-	// forgotten, when set (tests), is called after a name's identity was
+	// forgotten (guarded by mu), when set (tests), is called after a name's identity was
 	// dropped from the cache.
 	forgotten func(name string)
 }
@@ -236,9 +236,10 @@ func (s *Service) signalLoop(ch <-chan *dbus.Signal) {
 		}
 		s.mu.Lock()
 		delete(s.idCache, name)
+		forgotten := s.forgotten
 		s.mu.Unlock()
-		if s.forgotten != nil {
-			s.forgotten(name)
+		if forgotten != nil {
+			forgotten(name)
 		}
 	}
 }
