@@ -377,10 +377,14 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	defer wg.Wait()
 	defer close(c.done)
 
-	pending := map[string]chan protocol.Message{} // channel id → waiting request
+	// Requests waiting for the server's answer, by channel id. Concurrent
+	// requests for one channel share the frame sent and its answer.
+	pending := map[string][]chan protocol.Message{}
 	defer func() {
-		for _, ch := range pending {
-			close(ch)
+		for _, chs := range pending {
+			for _, ch := range chs {
+				close(ch)
+			}
 		}
 	}()
 	write := func(m protocol.Message) error {
@@ -418,10 +422,11 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			case *protocol.Unregister:
 				id = m.ChannelID
 			}
-			if old, ok := pending[id]; ok {
-				close(old)
+			waiting := len(pending[id]) > 0
+			pending[id] = append(pending[id], r.reply)
+			if waiting {
+				break
 			}
-			pending[id] = r.reply
 			if err := write(r.msg); err != nil {
 				return err
 			}
@@ -481,7 +486,7 @@ func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, 
 }
 
 // answer routes a server frame that is not a notification.
-func (s *Session) answer(m protocol.Message, pending map[string]chan protocol.Message) {
+func (s *Session) answer(m protocol.Message, pending map[string][]chan protocol.Message) {
 	var id string
 	switch m := m.(type) {
 	case *protocol.Register:
@@ -493,13 +498,15 @@ func (s *Session) answer(m protocol.Message, pending map[string]chan protocol.Me
 		s.log.Debug("ignored frame from push server", "type", m.Type())
 		return
 	}
-	ch, ok := pending[id]
+	chs, ok := pending[id]
 	if !ok {
 		s.log.Debug("unexpected reply from push server", "type", m.Type(), "channel_id", id)
 		return
 	}
 	delete(pending, id)
-	ch <- m
+	for _, ch := range chs {
+		ch <- m
+	}
 }
 
 // read is the reader goroutine of a connection.

@@ -34,7 +34,9 @@ func newHandler() *handler {
 	return &handler{states: make(chan State, 1000), codes: func(*protocol.Notification) int { return protocol.AckDelivered }}
 }
 
-func (h *handler) Hello(ctx context.Context) (string, []string, error) { return h.uaid, h.channels, nil }
+func (h *handler) Hello(ctx context.Context) (string, []string, error) {
+	return h.uaid, h.channels, nil
+}
 func (h *handler) Welcome(ctx context.Context, uaid string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -267,11 +268,22 @@ func (s *Store) Done(ctx context.Context, seq int64, counter string) error {
 }
 
 // PopAll returns and removes appID's queued messages, oldest first, in one
-// transaction. Messages expired at now are removed but not returned.
+// transaction. Queued messages behind a message still in the pipeline wait
+// for it, so that the app gets them in arrival order. Messages expired at now are removed but not returned.
 func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]byte, error) {
 	var out [][]byte
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, "SELECT seq, expires, message FROM inbox WHERE app_id = ? AND step = 'queued' ORDER BY seq", appID)
+		// Only the queued messages older than every message still in the
+		// pipeline: the app sees its messages in arrival order.
+		var limit int64
+		err := tx.QueryRowContext(ctx, "SELECT IFNULL(MIN(seq), -1) FROM inbox WHERE app_id = ? AND step IN ('received','processed','presented')", appID).Scan(&limit)
+		if err != nil {
+			return err
+		}
+		if limit < 0 {
+			limit = math.MaxInt64
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT seq, expires, message FROM inbox WHERE app_id = ? AND step = 'queued' AND seq < ? ORDER BY seq", appID, limit)
 		if err != nil {
 			return err
 		}

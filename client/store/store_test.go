@@ -330,3 +330,30 @@ func BenchmarkReceiveBatch10(b *testing.B) {
 		}
 	}
 }
+
+// Queued messages behind one still in the pipeline are not handed out yet.
+func TestPopAllKeepsArrivalOrder(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "herald.db"))
+	_, err := s.Receive(ctx, []Incoming{
+		{MsgID: "1", AppID: "a", ChannelID: "c", Version: "1"},
+		{MsgID: "2", AppID: "a", ChannelID: "c", Version: "2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustPending(t, s, "a")
+	if err := s.Processed(ctx, p[1].Seq, []byte("2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.PopAll(ctx, "a", time.Now()); len(got) != 0 {
+		t.Fatalf("PopAll handed out %q before the older message was queued", got)
+	}
+	if err := s.Processed(ctx, p[0].Seq, []byte("1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.PopAll(ctx, "a", time.Now())
+	if diff := cmp.Diff([][]byte{[]byte("1"), []byte("2")}, got); diff != "" {
+		t.Fatal(diff)
+	}
+}

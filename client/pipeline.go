@@ -1,0 +1,246 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/heraldpush/herald/client/store"
+	"github.com/heraldpush/herald/dbusapi"
+)
+
+// pendingBatch is how many inbox rows a worker reads at once.
+const pendingBatch = 64
+
+// Redelivery backoff of unacked UnifiedPush messages.
+const (
+	redeliverMin = 2 * time.Second
+	redeliverMax = 10 * time.Minute
+)
+
+// kick makes sure appID's worker runs (or runs again after its current pass).
+func (d *Daemon) kick(appID string) {
+	d.workMu.Lock()
+	w := d.workers[appID]
+	if w == nil {
+		w = &worker{}
+		d.workers[appID] = w
+	}
+	if w.running {
+		w.dirty = true
+		d.workMu.Unlock()
+		return
+	}
+	w.running = true
+	d.workMu.Unlock()
+	if !d.goBackground(func(ctx context.Context) { d.work(ctx, appID) }) {
+		d.workMu.Lock()
+		w.running = false
+		d.workMu.Unlock()
+	}
+}
+
+// work is appID's worker: it moves the app's messages through the pipeline
+// in arrival order until none is left.
+func (d *Daemon) work(ctx context.Context, appID string) {
+	for {
+		retryAt := d.pass(ctx, appID)
+		d.workMu.Lock()
+		w := d.workers[appID]
+		if w.dirty && ctx.Err() == nil {
+			w.dirty = false
+			d.workMu.Unlock()
+			continue
+		}
+		w.running = false
+		if !retryAt.IsZero() && ctx.Err() == nil {
+			if w.timer != nil {
+				w.timer.Stop()
+			}
+			w.timer = time.AfterFunc(max(retryAt.Sub(d.now()), 0), func() { d.kick(appID) })
+		}
+		d.workMu.Unlock()
+		return
+	}
+}
+
+// pass handles what appID's inbox holds now. It returns when a queued
+// UnifiedPush message must be delivered again later.
+func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
+	up, isUP := d.upRegOfApp(appID)
+	dropped := false
+	for ctx.Err() == nil {
+		msgs, err := d.st.Pending(ctx, appID, pendingBatch)
+		if err != nil {
+			d.log.Error("cannot read inbox", "app_id", appID, "err", err)
+			return d.now().Add(redeliverMin)
+		}
+		for i := range msgs {
+			if ctx.Err() != nil {
+				return time.Time{}
+			}
+			if d.advance(ctx, &msgs[i], isUP) {
+				dropped = true
+			}
+		}
+		if len(msgs) < pendingBatch {
+			break
+		}
+	}
+	if isUP {
+		return d.deliverUP(ctx, up)
+	}
+	if dropped {
+		// Queued messages may have waited behind the dropped one.
+		if bus := d.getBus(); bus != nil {
+			if err := bus.EmitPost(appID); err != nil {
+				d.log.Warn("cannot emit Post", "app_id", appID, "err", err)
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// advance moves one message from its step to the queued step, or drops it
+// when it expired (reporting true).
+func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (dropped bool) {
+	log := d.log.With("app_id", m.AppID, "msg_id", m.MsgID)
+	if m.Expired(d.now()) {
+		log.Info("expired message dropped", "step", m.Step)
+		if err := d.st.Done(ctx, m.Seq, "messages_expired"); err != nil && !errors.Is(err, store.ErrNotFound) {
+			log.Error("cannot drop expired message", "err", err)
+		}
+		return true
+	}
+	if m.Step == store.StepReceived {
+		var out Output
+		if isUP {
+			out = Output{Message: m.Body} // raw, byte for byte
+		} else {
+			var err error
+			out, err = d.process(ctx, m)
+			if ctx.Err() != nil {
+				return // shutting down: resume this step at the next start
+			}
+			if err != nil {
+				log.Warn("helper failed; queueing the raw payload", "err", err)
+			}
+		}
+		if err := d.st.Processed(ctx, m.Seq, out.Message, out.Notification); err != nil {
+			log.Error("cannot record helper output", "err", err)
+			return false
+		}
+		m.Output, m.Notification = out.Message, out.Notification
+		m.Step = store.StepProcessed
+		if out.Notification == nil {
+			m.Step = store.StepQueued
+		}
+	}
+	if m.Step == store.StepProcessed {
+		// TTL is checked again right before presentation.
+		if m.Expired(d.now()) {
+			log.Info("expired message dropped before presentation")
+			_ = d.st.Done(ctx, m.Seq, "messages_expired")
+			return true
+		}
+		if d.pres != nil && m.Notification != nil {
+			if err := d.pres.Present(ctx, m.AppID, m.MsgID, m.Notification); err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+				log.Warn("cannot show notification", "err", err)
+				d.incr("present_failures")
+			}
+		}
+		m.Step = store.StepPresented
+	}
+	if m.Step == store.StepPresented {
+		if err := d.st.Presented(ctx, m.Seq); err != nil {
+			log.Error("cannot queue message", "err", err)
+			return false
+		}
+		m.Step = store.StepQueued
+	}
+	if m.Step == store.StepQueued && !isUP {
+		if bus := d.getBus(); bus != nil {
+			if err := bus.EmitPost(m.AppID); err != nil {
+				log.Warn("cannot emit Post", "err", err)
+			}
+		}
+	}
+	return false
+}
+
+func (d *Daemon) process(ctx context.Context, m *store.Message) (Output, error) {
+	select {
+	case d.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Output{}, ctx.Err()
+	}
+	defer func() { <-d.sem }()
+	return d.proc.Process(ctx, m.AppID, m.MsgID, m.Body)
+}
+
+// deliverUP gives appID's queued messages to its UnifiedPush connector, one
+// at a time in order. An unacked message stays at the head of the queue and
+// is tried again with backoff.
+func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt time.Time) {
+	bus := d.getBus()
+	if bus == nil {
+		return time.Time{}
+	}
+	for ctx.Err() == nil {
+		m, err := d.st.Head(ctx, r.AppID)
+		if errors.Is(err, store.ErrNotFound) {
+			return time.Time{}
+		}
+		if err != nil {
+			d.log.Error("cannot read queue", "app_id", r.AppID, "err", err)
+			return d.now().Add(redeliverMin)
+		}
+		if m.Step != store.StepQueued {
+			return time.Time{} // a newer pass handles it
+		}
+		now := d.now()
+		if m.Expired(now) {
+			_ = d.st.Done(ctx, m.Seq, "messages_expired")
+			continue
+		}
+		if len(m.Output) == 0 {
+			// A data-less (SimplePush) message has nothing to give a connector.
+			_ = d.st.Done(ctx, m.Seq, "messages_dropped")
+			continue
+		}
+		if m.NextAttempt.After(now) {
+			return m.NextAttempt
+		}
+		acked, err := bus.DeliverUnifiedPush(ctx, dbusapi.UPMessage{
+			Service: r.Service, Token: r.UPToken, Version: r.UPVersion, ID: m.MsgID, Body: m.Output,
+		})
+		if ctx.Err() != nil {
+			return time.Time{}
+		}
+		if err == nil && acked {
+			if err := d.st.Done(ctx, m.Seq, "messages_delivered"); err != nil && !errors.Is(err, store.ErrNotFound) {
+				d.log.Error("cannot record delivery", "app_id", r.AppID, "err", err)
+				return d.now().Add(redeliverMin)
+			}
+			continue
+		}
+		if errors.Is(err, dbusapi.ErrInvalid) {
+			d.log.Warn("undeliverable unifiedpush message dropped", "app_id", r.AppID, "msg_id", m.MsgID, "err", err)
+			_ = d.st.Done(ctx, m.Seq, "messages_dropped")
+			continue
+		}
+		wait := redeliverMin << min(m.Attempts, 20)
+		wait = min(wait, redeliverMax)
+		next := now.Add(wait)
+		d.log.Info("unifiedpush message not acknowledged; will retry", "app_id", r.AppID, "msg_id", m.MsgID, "retry_in", wait, "err", err)
+		if err := d.st.Retry(ctx, m.Seq, next); err != nil {
+			d.log.Error("cannot record retry", "app_id", r.AppID, "err", err)
+		}
+		d.incr("redeliveries")
+		return next
+	}
+	return time.Time{}
+}
