@@ -197,7 +197,30 @@ func Decode(frame []byte) (Message, error) {
 	if err := Validate(m); err != nil {
 		return nil, err
 	}
+	normalize(m)
 	return m, nil
+}
+
+// normalize gives absent and empty collections one form, the one Encode
+// writes, so that Decode(Encode(m)) equals m.
+func normalize(m Message) {
+	switch m := m.(type) {
+	case *Hello:
+		if m.Broadcasts == nil {
+			m.Broadcasts = map[string]string{}
+		}
+		if len(m.ChannelIDs) == 0 {
+			m.ChannelIDs = nil
+		}
+	case *Ack:
+		if m.Updates == nil {
+			m.Updates = []Update{}
+		}
+	case *Notification:
+		if len(m.Headers) == 0 {
+			m.Headers = nil
+		}
+	}
 }
 
 // Validate checks the fields of a message that the receiving side relies on.
