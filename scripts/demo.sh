@@ -228,12 +228,19 @@ grep -A1 'member=Post' "$tmp/monitor.out" | head -n 2 | indent
 step "the card the helper made"
 wait_for "the helper's card" test -s "$tmp/card.json"
 indent <"$tmp/card.json"
-echo
 
 if [ "$show" -eq 1 ]; then
-	step "the notification in dunst (dunstctl history)"
+	step "the notification on the screen (dunst)"
+	shown() { [ "$(dunstctl count displayed)" -ge 1 ] || [ "$(dunstctl count waiting)" -ge 1 ]; }
+	wait_for "dunst to show the notification" shown
+	info "dunst: $(dunstctl count displayed) displayed, $(dunstctl count waiting) waiting"
+	# dunst lists a notification in its history once it is closed.
+	dunstctl close-all
 	wait_for "the notification in dunst's history" bash -c "dunstctl history | grep -q 'Hello from Herald'"
-	dunstctl history | grep -E '"(summary|body|appname)"' -A 2 | grep '"data"' | indent
+	info "dunstctl history:"
+	dunstctl history | awk '
+		/"(appname|summary|body)" *:/ { k = $1; gsub(/[":]/, "", k) }
+		k != "" && /"data" *:/ { sub(/^[^:]*: */, ""); printf "%-8s %s\n", k ":", $0; k = "" }' | indent
 fi
 
 step "herald inbox $app"
