@@ -144,9 +144,10 @@ func (e Env) ConfigPaths() []string {
 }
 
 // LoadConfig reads the configuration: path when not empty (it must exist),
-// else the first of env.ConfigPaths that exists, else the defaults. Unknown
-// keys are logged as warnings; bad values are errors.
-func LoadConfig(env Env, path string, logger *slog.Logger) (Config, error) {
+// else the first of env.ConfigPaths that exists, else the defaults. Then
+// override (flags; may be nil) changes it, and it is validated. Unknown keys
+// are logged as warnings; bad values are errors.
+func LoadConfig(env Env, path string, logger *slog.Logger, override func(*Config)) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.Env = env
 	paths := env.ConfigPaths()
@@ -175,6 +176,9 @@ func LoadConfig(env Env, path string, logger *slog.Logger) (Config, error) {
 		}
 		cfg.Path = p
 		break
+	}
+	if override != nil {
+		override(&cfg)
 	}
 	return cfg, cfg.Validate()
 }

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/client/store"
+	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/helpers"
+)
+
+// check is one doctor check: ok, or a problem and its fix.
+type check struct {
+	name string
+	err  error
+	fix  string
+}
+
+func doctorCmd() *command {
+	var configPath *string
+	return &command{
+		name: "doctor", args: "[--config PATH]",
+		help: "Checks the session bus, the daemon, the configuration, the push server, the state\ndirectory, the helper of every registered app and the notification server, and says\nhow to fix each problem. Exits with status 1 when a check fails.",
+		flags: func(fs *flag.FlagSet) {
+			configPath = fs.String("config", "", "check the configuration in `PATH` instead of the XDG locations")
+		},
+		run: func(ctx context.Context, e *cli, fs *flag.FlagSet, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unexpected argument %q", errUsage, args[0])
+			}
+			checks := e.doctor(ctx, *configPath)
+			failed := 0
+			for _, c := range checks {
+				if c.err == nil {
+					fmt.Fprintf(e.stdout, "ok    %s\n", c.name)
+					continue
+				}
+				failed++
+				fmt.Fprintf(e.stdout, "FAIL  %s: %v\n", c.name, c.err)
+				if c.fix != "" {
+					fmt.Fprintf(e.stdout, "      fix: %s\n", c.fix)
+				}
+			}
+			if failed > 0 {
+				fmt.Fprintf(e.stderr, "herald doctor: %d of %d checks failed\n", failed, len(checks))
+				return errFailed
+			}
+			return nil
+		},
+	}
+}
+
+func (e *cli) doctor(ctx context.Context, configPath string) []check {
+	var out []check
+	add := func(name string, err error, fix string) { out = append(out, check{name, err, fix}) }
+	env := client.ReadEnv(e.getenv)
+	quiet := slog.New(slog.DiscardHandler)
+
+	cfg, err := client.LoadConfig(env, configPath, quiet, nil)
+	where := cfg.Path
+	if where == "" {
+		where = "defaults (no config file)"
+	}
+	add("configuration: "+where, err, "correct the file; the shipped config.toml documents every key")
+	if err != nil {
+		cfg = client.DefaultConfig()
+		cfg.Env = env
+		_ = cfg.Validate()
+	}
+
+	// Push server.
+	if cfg.Server == "" {
+		add("push server", errors.New("no server configured"), "set server = \"wss://…/\" in "+firstOr(env.ConfigPaths(), "config.toml"))
+	} else {
+		add("push server "+cfg.Server, checkHealth(ctx, cfg.Server), "check the URL and that the server is up (GET /healthz must answer 200)")
+	}
+
+	// State directory and store.
+	dbPath := filepath.Join(cfg.StateDir, "herald.db")
+	add("state "+dbPath, checkStore(ctx, dbPath), "make "+cfg.StateDir+" writable, or move a damaged herald.db away")
+
+	// Session bus and daemon.
+	conn, err := e.sessionBus()
+	add("session bus", err, "run inside a desktop session, or set DBUS_SESSION_BUS_ADDRESS")
+	if err != nil {
+		return out
+	}
+	defer conn.Close()
+	st, err := getStatus(ctx, conn)
+	add("heraldd running", err, "systemctl --user enable --now heraldd")
+	if err == nil {
+		var cerr error
+		if st.State != "connected" && len(st.Registrations) > 0 {
+			cerr = fmt.Errorf("state %s (%s)", st.State, st.LastError)
+		}
+		add("heraldd connection ("+st.State+")", cerr, "check the network and the server; 'herald status' shows the last error")
+		finder := helpers.NewFinder(helpers.Dirs{DataHome: env.DataHome, DataDirs: env.DataDirs, LomiriDataHome: env.DataHome,
+			LegacyDirs: []string{"/usr/lib/lomiri-push-service/legacy-helpers"}}, quiet)
+		for _, r := range st.Registrations {
+			if r.Kind != string(dbusapi.KindLomiri) {
+				continue
+			}
+			h, ok := finder.Lookup(r.AppID)
+			if !ok {
+				add("helper of "+r.AppID+" (none: payloads are used as they are)", nil, "")
+				continue
+			}
+			add("helper of "+r.AppID+": "+h.Exec, h.Check(), "reinstall the app, or fix "+h.Source)
+		}
+	}
+	var owner string
+	err = conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, "org.freedesktop.Notifications").Store(&owner)
+	if err != nil {
+		err = errors.New("no notification server on the session bus")
+	}
+	add("notification server", err, "start your desktop's notification daemon (for example dunst or mako)")
+	return out
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
+
+func checkHealth(ctx context.Context, server string) error {
+	origin, err := client.HTTPOrigin(server)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, origin+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %w", origin, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s/healthz answered %s", origin, resp.Status)
+	}
+	return nil
+}
+
+// checkStore opens the daemon's database read-only when it exists; a
+// missing one is fine (it is created at the first start) if its directory
+// can be created.
+func checkStore(ctx context.Context, path string) error {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		dir := filepath.Dir(path)
+		for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
+			if fi, err := os.Stat(d); err == nil {
+				if !fi.IsDir() {
+					return fmt.Errorf("%s is not a directory", d)
+				}
+				if err := unixAccessW(d); err != nil {
+					return fmt.Errorf("%s is not writable", d)
+				}
+				return nil
+			}
+		}
+		return nil
+	}
+	s, err := store.Open(ctx, path, store.Options{})
+	if err != nil {
+		return err
+	}
+	return s.Close()
+}

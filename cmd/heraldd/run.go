@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/godbus/dbus/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/client/store"
+	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/helpers"
+	"github.com/heraldpush/herald/notifications"
+)
+
+// run wires the daemon and runs it until ctx ends, then shuts down in the
+// order of DESIGN §5: STOPPING, release bus names, stop taking work, close
+// the websocket, stop helpers, flush and close the store.
+func run(ctx context.Context, cfg client.Config, logger *slog.Logger) error {
+	if cfg.Env.SessionBus == "" {
+		return errors.New("no session bus: set DBUS_SESSION_BUS_ADDRESS or XDG_RUNTIME_DIR")
+	}
+	if cfg.Server == "" {
+		logger.Warn("no push server configured: apps cannot register until server is set in config.toml")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("cannot create state directory: %w", err)
+	}
+	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "herald.db"), store.Options{Synchronous: strings.ToUpper(cfg.Durability)})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	conn, err := dbus.Connect(cfg.Env.SessionBus)
+	if err != nil {
+		return fmt.Errorf("cannot connect to the session bus: %w", err)
+	}
+	defer conn.Close()
+
+	tmp := filepath.Join(cfg.StateDir, "tmp")
+	if cfg.Env.RuntimeDir != "" {
+		tmp = filepath.Join(cfg.Env.RuntimeDir, "herald")
+	}
+	finder := helpers.NewFinder(helperDirs(cfg.Env), logger.With("part", "helpers"))
+	runner := helpers.NewRunner(finder, helpers.Config{
+		Concurrency: cfg.HelperConcurrency, Timeout: cfg.HelperTimeout.Duration, TempDir: tmp,
+		Logger: logger.With("part", "helpers"),
+	})
+	pres := notifications.New(notifications.Options{
+		Conn: conn, Store: notificationStore{st}, Logger: logger.With("part", "notifications"),
+		DataDirs: append([]string{cfg.Env.DataHome}, cfg.Env.DataDirs...),
+	})
+	d := client.New(client.Options{
+		Config: cfg, Store: st, Processor: processor{runner}, Presenter: presenter{pres},
+		Logger: logger,
+	})
+	svc, err := dbusapi.New(dbusapi.Config{
+		Address: cfg.Env.SessionBus, Backend: d, Logger: logger.With("part", "dbus"),
+		RequireConfinement: cfg.RequireConfinement,
+	})
+	if err != nil {
+		return err
+	}
+	d.SetBus(statusBus{svc})
+
+	// Work happens under runCtx, which ends only after the bus names are
+	// released.
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return d.Run(gctx) })
+	g.Go(func() error { return pres.Run(gctx) })
+	g.Go(func() error {
+		sys, err := dbus.ConnectSystemBus()
+		if err != nil {
+			logger.Info("no system bus; assuming the network is up", "err", err)
+			return nil
+		}
+		defer sys.Close()
+		return client.WatchNetwork(gctx, sys, d.SetOnline, logger)
+	})
+	if err := svc.Start(ctx); err != nil {
+		stopRun()
+		_ = g.Wait()
+		return err
+	}
+	notify(logger, sddaemon.SdNotifyReady)
+	logger.Info("heraldd ready", "server", cfg.Server, "state_dir", cfg.StateDir)
+	if cfg.Env.Watchdog > 0 {
+		g.Go(func() error { return watchdog(gctx, d, cfg.Env.Watchdog/2, logger) })
+	}
+
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a part failed
+	}
+	logger.Info("heraldd stopping")
+	notify(logger, sddaemon.SdNotifyStopping)
+	if err := svc.Close(); err != nil {
+		logger.Warn("cannot release bus names", "err", err)
+	}
+	stopRun() // stop taking work; the session closes the websocket; helpers are canceled
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err // the deferred st.Close flushes and closes the store
+}
+
+func notify(logger *slog.Logger, state string) {
+	if _, err := sddaemon.SdNotify(false, state); err != nil {
+		logger.Debug("cannot notify systemd", "err", err)
+	}
+}
+
+// watchdog tells systemd the main loop is alive while the daemon can use
+// its store.
+func watchdog(ctx context.Context, d *client.Daemon, every time.Duration, logger *slog.Logger) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			actx, cancel := context.WithTimeout(ctx, every)
+			err := d.Alive(actx)
+			cancel()
+			if err != nil {
+				logger.Error("watchdog check failed", "err", err)
+				continue
+			}
+			notify(logger, sddaemon.SdNotifyWatchdog)
+		}
+	}
+}
+
+func helperDirs(env client.Env) helpers.Dirs {
+	return helpers.Dirs{
+		DataHome:       env.DataHome,
+		DataDirs:       env.DataDirs,
+		LomiriDataHome: env.DataHome,
+		LegacyDirs:     []string{"/usr/lib/lomiri-push-service/legacy-helpers"},
+	}
+}
+
+// statusBus forwards the connection state to systemd's STATUS= as well.
+type statusBus struct{ *dbusapi.Service }
+
+func (b statusBus) SetStatus(st dbusapi.Status) {
+	b.Service.SetStatus(st)
+	status := "STATUS=" + st.State
+	if st.Server != "" {
+		status += " to " + st.Server
+	}
+	if st.LastError != "" && st.State != "connected" {
+		status += " (" + st.LastError + ")"
+	}
+	_, _ = sddaemon.SdNotify(false, status)
+}
