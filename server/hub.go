@@ -110,14 +110,19 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer s.hub.wg.Done()
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		s.hub.wg.Done()
 		s.log.Debug("websocket upgrade failed", "err", err)
 		return
 	}
+	// Serve the websocket on a fresh goroutine and return, so that the HTTP
+	// server frees its per-connection state and the bigger handler stack.
 	c := &conn{s: s, ws: ws}
-	c.run()
+	go func() {
+		defer s.hub.wg.Done()
+		c.run()
+	}()
 }
 
 // run serves the connection until it ends.
