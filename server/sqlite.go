@@ -180,8 +180,9 @@ func (s *SQLiteStore) Run(ctx context.Context) error {
 	}
 }
 
-// commit runs ops in one transaction, each under its own savepoint so that a
-// failing op changes nothing, and reports each op's result after the commit.
+// commit runs ops in one transaction and reports each op's result after the
+// commit. An op with more than one write wraps them in atomically, so that a
+// failing op changes nothing (a failing single statement changes nothing).
 func (s *SQLiteStore) commit(batch []*writeOp) {
 	if len(batch) == 0 {
 		return
@@ -192,18 +193,7 @@ func (s *SQLiteStore) commit(batch []*writeOp) {
 	if err == nil {
 		st := func(name string) *sql.Stmt { return tx.Stmt(s.stmts[name]) }
 		for i, op := range batch {
-			if _, err := tx.Exec("SAVEPOINT op"); err != nil {
-				errs[i] = err
-				continue
-			}
-			if errs[i] = op.fn(tx, st); errs[i] != nil {
-				if _, err := tx.Exec("ROLLBACK TO op"); err != nil {
-					errs[i] = errors.Join(errs[i], err)
-				}
-			}
-			if _, err := tx.Exec("RELEASE op"); err != nil && errs[i] == nil {
-				errs[i] = err
-			}
+			errs[i] = op.fn(tx, st)
 		}
 		err = tx.Commit()
 	}
@@ -269,6 +259,23 @@ func (s *SQLiteStore) write(ctx context.Context, async bool, fn func(tx *sql.Tx,
 	}
 }
 
+// atomically runs fn under a savepoint: if fn fails, its writes are undone.
+func atomically(tx *sql.Tx, fn func() error) error {
+	if _, err := tx.Exec("SAVEPOINT op"); err != nil {
+		return err
+	}
+	err := fn()
+	if err != nil {
+		if _, e := tx.Exec("ROLLBACK TO op"); e != nil {
+			err = errors.Join(err, e)
+		}
+	}
+	if _, e := tx.Exec("RELEASE op"); e != nil && err == nil {
+		err = e
+	}
+	return err
+}
+
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
 // HasDevice implements Store.
@@ -330,11 +337,13 @@ func nilIfEmpty(b []byte) any {
 // Unregister implements Store.
 func (s *SQLiteStore) Unregister(ctx context.Context, uaid, channelID string) error {
 	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
-		if _, err := st("chandel").Exec(uaid, channelID); err != nil {
+		return atomically(tx, func() error {
+			if _, err := st("chandel").Exec(uaid, channelID); err != nil {
+				return err
+			}
+			_, err := st("msgdelch").Exec(uaid, channelID)
 			return err
-		}
-		_, err := st("msgdelch").Exec(uaid, channelID)
-		return err
+		})
 	})
 }
 
@@ -361,9 +370,9 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 		}
 		headers = string(b)
 	}
-	stored := true
-	dropped := 0
-	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+	var stored bool
+	var dropped int
+	put := func(st func(string) *sql.Stmt) error {
 		stored, dropped = true, 0
 		if o.ClearPending {
 			if _, err := st("msgdelch").Exec(m.UAID, m.ChannelID); err != nil {
@@ -371,25 +380,8 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 			}
 		}
 		if o.KeepNewerVersion && m.Topic != "" {
-			rows, err := st("msgtopic").Query(m.UAID, m.ChannelID, m.Topic)
+			newer, err := hasNewerVersion(st, m)
 			if err != nil {
-				return err
-			}
-			newer := false
-			nv, _ := strconv.ParseUint(m.Version, 10, 64)
-			for rows.Next() {
-				var seq int64
-				var v string
-				if err := rows.Scan(&seq, &v); err != nil {
-					rows.Close()
-					return err
-				}
-				if pv, err := strconv.ParseUint(v, 10, 64); err == nil && pv >= nv {
-					newer = true
-				}
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
 				return err
 			}
 			if newer {
@@ -418,24 +410,53 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 		if m.Seq, err = res.LastInsertId(); err != nil {
 			return err
 		}
+		// The message is stored; dropping the oldest beyond the limit is a
+		// single statement after it and cannot undo it.
 		if o.DropOver > 0 {
 			var n int
-			if err := st("msgcount").QueryRow(m.UAID, m.ChannelID, int64(-1<<62)).Scan(&n); err != nil {
-				return err
-			}
-			if n > o.DropOver {
-				if _, err := st("msgdrop").Exec(m.UAID, m.ChannelID, n-o.DropOver); err != nil {
-					return err
+			if err := st("msgcount").QueryRow(m.UAID, m.ChannelID, int64(-1<<62)).Scan(&n); err == nil && n > o.DropOver {
+				if _, err := st("msgdrop").Exec(m.UAID, m.ChannelID, n-o.DropOver); err == nil {
+					dropped = n - o.DropOver
 				}
-				dropped = n - o.DropOver
 			}
 		}
 		return nil
+	}
+	// A plain put has one write that matters (the insert): no savepoint needed.
+	plain := !o.ClearPending && !o.Replace && !o.KeepNewerVersion && o.RejectAt == 0
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		if plain {
+			return put(st)
+		}
+		return atomically(tx, func() error { return put(st) })
 	})
 	if err != nil {
 		return false, 0, err
 	}
 	return stored, dropped, nil
+}
+
+// hasNewerVersion reports whether a message with m's topic and a numeric
+// version not older than m's is pending (SimplePush).
+func hasNewerVersion(st func(string) *sql.Stmt, m *Message) (bool, error) {
+	rows, err := st("msgtopic").Query(m.UAID, m.ChannelID, m.Topic)
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	nv, _ := strconv.ParseUint(m.Version, 10, 64)
+	newer := false
+	for rows.Next() {
+		var seq int64
+		var v string
+		if err := rows.Scan(&seq, &v); err != nil {
+			return false, err
+		}
+		if pv, err := strconv.ParseUint(v, 10, 64); err == nil && pv >= nv {
+			newer = true
+		}
+	}
+	return newer, rows.Err()
 }
 
 // Pending implements Store.
@@ -467,19 +488,26 @@ func (s *SQLiteStore) Pending(ctx context.Context, uaid string, after int64, lim
 	return out, nil
 }
 
-// Delete implements Store. It does not wait for the commit.
+// Delete implements Store. It waits for the commit (grouped with others), so
+// that a device reconnecting right after its ack is not sent the message again.
 func (s *SQLiteStore) Delete(ctx context.Context, uaid string, refs []Ref) error {
 	if len(refs) == 0 {
 		return nil
 	}
-	return s.write(ctx, true, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
 		del := st("msgack")
-		for _, r := range refs {
-			if _, err := del.Exec(uaid, r.ChannelID, r.Version); err != nil {
-				return err
-			}
+		if len(refs) == 1 {
+			_, err := del.Exec(uaid, refs[0].ChannelID, refs[0].Version)
+			return err
 		}
-		return nil
+		return atomically(tx, func() error {
+			for _, r := range refs {
+				if _, err := del.Exec(uaid, r.ChannelID, r.Version); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	})
 }
 

@@ -86,8 +86,9 @@ type Store interface {
 	Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (stored bool, dropped int, err error)
 	// Pending returns up to limit unexpired messages of uaid with Seq > after, in Seq order.
 	Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
-	// Delete removes acknowledged messages. It may return before the deletion
-	// is durable: a crash can redeliver them (at-least-once).
+	// Delete removes acknowledged messages. An implementation may return
+	// before the deletion is durable: a crash can then redeliver them
+	// (at-least-once delivery; devices dedup by version).
 	Delete(ctx context.Context, uaid string, refs []Ref) error
 	// Cancel deletes a pending message by id; ErrNotFound when absent.
 	Cancel(ctx context.Context, id string) error

@@ -191,7 +191,7 @@ func dialMany(ctx context.Context, addr string, n, par int, register bool) ([]*b
 func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	const (
 		devices    = 1000
-		publishers = 32
+		publishers = 128
 		window     = 10 * time.Second
 		drainMax   = 10 * time.Second
 	)
