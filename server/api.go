@@ -171,6 +171,9 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 	var headers map[string]string
 	if len(body) > 0 {
 		switch enc := r.Header.Get("Content-Encoding"); enc {
+		case "", "identity":
+			// A plaintext body: Lomiri app servers and simple senders (curl)
+			// push JSON that the app's helper reads as is.
 		case "aes128gcm":
 			headers = map[string]string{"encoding": enc}
 		case "aesgcm":
@@ -181,7 +184,7 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 			}
 			headers = map[string]string{"encoding": enc, "encryption": enc2, "crypto_key": ck}
 		default:
-			s.pushFail(w, newPushError(400, errnoBadEncoding, "unsupported Content-Encoding: want aes128gcm"))
+			s.pushFail(w, newPushError(400, errnoBadEncoding, "unsupported Content-Encoding: want aes128gcm, aesgcm or none"))
 			return
 		}
 	}

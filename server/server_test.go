@@ -274,6 +274,28 @@ func TestWebPushErrors(t *testing.T) {
 	}
 }
 
+// A plaintext body (no Content-Encoding, as curl or a Lomiri app server
+// sends it) is accepted and reaches the device with no encoding header.
+func TestWebPushPlaintext(t *testing.T) {
+	ts := startServer(t, nil)
+	d := ts.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	for _, enc := range []string{"", "identity"} {
+		h := map[string]string{"TTL": "60"}
+		if enc != "" {
+			h["Content-Encoding"] = enc
+		}
+		if r := ts.do("POST", ep, h, []byte(`{"text":"hi"}`)); r.status != 201 {
+			t.Fatalf("plaintext push (encoding %q) = %d %s", enc, r.status, r.body)
+		}
+		n := d.notification()
+		if b, _ := n.Body(); string(b) != `{"text":"hi"}` || n.Headers["encoding"] != "" {
+			t.Errorf("device got %q with headers %v, want the plaintext and no encoding", b, n.Headers)
+		}
+		d.ack(n)
+	}
+}
+
 func TestTopicReplacesPending(t *testing.T) {
 	ts := startServer(t, nil)
 	d := ts.connect("")
