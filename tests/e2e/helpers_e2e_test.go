@@ -104,7 +104,7 @@ func readPid(t *testing.T, path string) int {
 	return pid
 }
 
-// popOne pops appID's queue and checks it holds exactly the JSON values want.
+// popWant pops appID's queue and checks it holds exactly the JSON values want.
 func (w *world) popWant(appID string, want ...string) {
 	w.t.Helper()
 	msgs, err := w.popAll(appID)

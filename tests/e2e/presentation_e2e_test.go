@@ -274,7 +274,11 @@ printf '{"message":{"n":%s},"notification":{"tag":"t%s","card":{"summary":"s%s",
 		t.Fatalf("org.herald.Daemon has no owner after forged signals: %v", err)
 	}
 	w.popWant(app) // the daemon still answers
-	actions := regexp.MustCompile(`msg="notification action".* id=(\d+)`).FindAllStringSubmatch(w.daemon.Tail(1<<20), -1)
+	log := w.daemon.Tail(1 << 24)
+	if n := strings.Count(log, `msg="ActionInvoked ignored"`); n != 8 {
+		t.Errorf("daemon logged %d ignored ActionInvoked signals, want the 8 forged ones", n)
+	}
+	actions := regexp.MustCompile(`msg="notification action".* id=(\d+)`).FindAllStringSubmatch(log, -1)
 	if len(actions) != 1 || actions[0][1] != fmt.Sprint(ids["2"]) {
 		t.Errorf("daemon acted on notifications %v, want only %d", actions, ids["2"])
 	}
