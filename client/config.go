@@ -31,6 +31,9 @@ type Config struct {
 	PingGrace    Duration `toml:"ping_grace"`
 	// RequestTimeout bounds dial, hello, register and unregister.
 	RequestTimeout Duration `toml:"request_timeout"`
+	// ReconnectMin and ReconnectMax bound the redial backoff (1s, 5m).
+	ReconnectMin Duration `toml:"reconnect_min"`
+	ReconnectMax Duration `toml:"reconnect_max"`
 	// Compression asks the server for permessage-deflate.
 	Compression bool `toml:"compression"`
 	// Durability is "full" (every commit survives a power loss, default)
@@ -85,6 +88,8 @@ func DefaultConfig() Config {
 		PingInterval:      Duration{5 * time.Minute},
 		PingGrace:         Duration{30 * time.Second},
 		RequestTimeout:    Duration{20 * time.Second},
+		ReconnectMin:      Duration{time.Second},
+		ReconnectMax:      Duration{5 * time.Minute},
 		Durability:        "full",
 	}
 }
@@ -212,6 +217,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RequestTimeout.Duration <= 0 {
 		return fmt.Errorf("invalid request_timeout %s: want > 0", c.RequestTimeout)
+	}
+	if c.ReconnectMin.Duration <= 0 || c.ReconnectMax.Duration < c.ReconnectMin.Duration {
+		return fmt.Errorf("invalid reconnect_min %s / reconnect_max %s: want 0 < min ≤ max", c.ReconnectMin, c.ReconnectMax)
 	}
 	switch strings.ToLower(c.Durability) {
 	case "full", "normal":

@@ -158,6 +158,10 @@ func New(o Options) *Daemon {
 			PingGrace:      o.Config.PingGrace.Duration,
 			RequestTimeout: o.Config.RequestTimeout.Duration,
 			Compression:    o.Config.Compression,
+			Backoff:        session.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute},
+		}
+		if sc.Backoff.Min <= 0 || sc.Backoff.Max <= 0 {
+			sc.Backoff = session.DefaultBackoff
 		}
 		if o.SessionConfig != nil {
 			o.SessionConfig(&sc)
