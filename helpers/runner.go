@@ -272,7 +272,7 @@ func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte
 		Env:         env,
 		Stdout:      logs,
 		Stderr:      logs,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 		WaitDelay:   r.cfg.KillGrace,
 	}
 	if err := cmd.Start(); err != nil {

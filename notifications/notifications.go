@@ -144,6 +144,30 @@ type Presenter struct {
 	owner    string           // unique name of the current server ("" none)
 	caps     map[string]bool  // capabilities of owner, nil until fetched
 	live     map[uint32]shown // ids created on owner
+	appOps   map[string]chan struct{}
+}
+
+// lockApp serialises the card operations of one app (show, re-show, clear):
+// a show saves its record only after the server's Notify reply, so a clear
+// running in between would otherwise be undone by that save. It is a token,
+// not a data lock: it waits for ctx and guards no fields.
+func (p *Presenter) lockApp(ctx context.Context, appID string) (unlock func(), err error) {
+	p.mu.Lock()
+	if p.appOps == nil {
+		p.appOps = map[string]chan struct{}{}
+	}
+	tok, ok := p.appOps[appID]
+	if !ok {
+		tok = make(chan struct{}, 1)
+		p.appOps[appID] = tok
+	}
+	p.mu.Unlock()
+	select {
+	case tok <- struct{}{}:
+		return func() { <-tok }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // New returns a Presenter. It starts nothing: call Run.
@@ -199,7 +223,12 @@ func (p *Presenter) Present(ctx context.Context, r Request) error {
 	}
 	hinted := false
 	if r.Card != nil {
+		unlock, err := p.lockApp(ctx, r.AppID)
+		if err != nil {
+			return fmt.Errorf("cannot present: %w", err)
+		}
 		res, err := p.notify(ctx, r, entry, sf, sn, false)
+		unlock()
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -536,6 +565,11 @@ func (p *Presenter) ClearPersistent(ctx context.Context, appID string, tags []st
 	if p.store == nil {
 		return 0, nil
 	}
+	unlock, err := p.lockApp(ctx, appID)
+	if err != nil {
+		return 0, fmt.Errorf("cannot clear notifications of %q: %w", appID, err)
+	}
+	defer unlock()
 	recs, err := p.store.Notifications(ctx, appID)
 	if err != nil {
 		return 0, fmt.Errorf("cannot clear notifications of %q: %w", appID, err)

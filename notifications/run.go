@@ -141,9 +141,18 @@ func (p *Presenter) reshow(ctx context.Context) {
 			p.log.Warn("stored notification ignored", "err", err)
 			continue
 		}
+		unlock, err := p.lockApp(ctx, rec.AppID)
+		if err != nil {
+			return
+		}
+		if !p.stillStored(ctx, rec) {
+			unlock() // cleared since the list was read
+			continue
+		}
 		card := rec.Card
 		r := Request{AppID: rec.AppID, MsgID: rec.MsgID, Tag: rec.Tag, Card: &card}
 		res, err := p.notify(ctx, r, p.desktopEntry(rec.AppID), "", "", true)
+		unlock()
 		if err != nil {
 			p.log.Warn("cannot show persistent notification again", "app_id", rec.AppID, "msg_id", rec.MsgID, "err", err)
 			continue
@@ -158,6 +167,21 @@ func (p *Presenter) reshow(ctx context.Context) {
 	if n > 0 {
 		p.log.Info("persistent notifications shown again", "count", n)
 	}
+}
+
+// stillStored reports whether rec is still in the store (not cleared since
+// the caller listed it).
+func (p *Presenter) stillStored(ctx context.Context, rec Record) bool {
+	recs, err := p.store.Notifications(ctx, rec.AppID)
+	if err != nil {
+		return false
+	}
+	for _, r := range recs {
+		if r.ID == rec.ID && r.Tag == rec.Tag {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
