@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -28,6 +30,7 @@ type options struct {
 	listen, publicURL, db    string
 	tlsCert, tlsKey          string
 	logLevel                 string
+	pprof                    string // debug: serve net/http/pprof on this address
 	pingInterval             time.Duration
 	tokenRate, ipRate        float64
 	tokenBurst, ipBurst      int
@@ -50,6 +53,7 @@ func main() {
 	fs.IntVar(&o.tokenBurst, "rate-burst-token", server.DefaultTokenLimit.Burst, "burst of posts per endpoint token")
 	fs.Float64Var(&o.ipRate, "rate-limit-ip", server.DefaultIPLimit.Rate, "requests per second per client address (0: no limit)")
 	fs.IntVar(&o.ipBurst, "rate-burst-ip", server.DefaultIPLimit.Burst, "burst of requests per client address")
+	fs.StringVar(&o.pprof, "pprof", "", "debug: serve Go profiles (net/http/pprof) on this address, for example 127.0.0.1:6060")
 	fs.Parse(os.Args[1:])
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -116,6 +120,21 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if o.pprof != "" {
+		pln, err := net.Listen("tcp", o.pprof)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("cannot listen on %s for --pprof: %w", o.pprof, err)
+		}
+		defer pln.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		go func() { _ = http.Serve(pln, mux) }() // ends when pln is closed
+		logger.Info("serving profiles", "pprof", pln.Addr().String())
 	}
 	logger.Info("herald-server started", "listen", ln.Addr().String(), "public_url", public, "db", db)
 	fmt.Fprintf(o.stdout, "listening on %s\n", ln.Addr())
