@@ -200,8 +200,10 @@ func (c *conn) run() {
 			c.fail(websocket.CloseUnsupportedData, "text frames only")
 			return
 		}
-		m, err := protocol.Decode(frame)
-		if err != nil {
+		var m protocol.Message
+		if ack, ok := parseAck(frame); ok {
+			m = ack
+		} else if m, err = protocol.Decode(frame); err != nil {
 			s.log.Debug("bad frame from device", "err", err)
 			c.fail(websocket.CloseProtocolError, "malformed frame")
 			return
@@ -411,19 +413,27 @@ func (c *conn) deliver(m *Message) {
 	}
 	c.markSent(r)
 	c.mu.Unlock()
-	_ = c.write(c.s.encodeNotification(m))
+	bp, _ := c.s.frames.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	*bp = c.s.appendNotification((*bp)[:0], m)
+	_ = c.write(*bp)
+	if cap(*bp) <= 8<<10 {
+		c.s.frames.Put(bp)
+	}
 }
 
 func (s *Server) encodeNotification(m *Message) []byte {
-	n := &protocol.Notification{ChannelID: m.ChannelID, Version: m.Version, Headers: m.Headers}
-	if len(m.Data) > 0 {
-		n.Data = protocol.EncodeBase64URL(m.Data)
+	return s.appendNotification(nil, m)
+}
+
+func (s *Server) appendNotification(b []byte, m *Message) []byte {
+	var ttl int64
+	if d := m.Expiry.Sub(s.now()); d > 0 {
+		ttl = int64((d + time.Second - 1) / time.Second)
 	}
-	if ttl := m.Expiry.Sub(s.now()); ttl > 0 {
-		n.TTL = int64((ttl + time.Second - 1) / time.Second)
-	}
-	b, _ := protocol.Encode(n)
-	return b
+	return appendNotification(b, m.ChannelID, m.Version, m.Data, m.Headers, ttl)
 }
 
 // write sends text frames; a failed write closes the connection.

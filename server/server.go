@@ -76,6 +76,7 @@ type Server struct {
 	ipRL     *limiter
 	hub      hub
 	tokens   tokenCache
+	frames   sync.Pool // *[]byte buffers for notification frames (gorilla copies them)
 }
 
 // New validates cfg and opens the store. It starts no goroutines: call Serve.

@@ -63,6 +63,19 @@ type SQLiteStore struct {
 	mu     sync.Mutex // guards closed
 	closed bool
 	done   chan struct{} // closed when Run has flushed and returned
+
+	// Acks are not one write op each: Delete queues them here and the next
+	// commit deletes them all, without anyone waiting for it.
+	kick     chan struct{}  // capacity 1: acks are queued
+	dmu      sync.Mutex     // guards acks and deleting; taken after mu
+	acks     []queuedAck    // guarded by dmu; for the next commit
+	deleting map[string]int // guarded by dmu; uaid → queued or committing acks
+}
+
+// queuedAck is one Delete waiting for the writer.
+type queuedAck struct {
+	uaid string
+	refs []Ref
 }
 
 type writeOp struct {
@@ -112,7 +125,8 @@ func OpenSQLite(path string) (*SQLiteStore, error) {
 	}
 	rdb.SetMaxOpenConns(4)
 	rdb.SetMaxIdleConns(4)
-	s := &SQLiteStore{wdb: wdb, rdb: rdb, ops: make(chan *writeOp, maxBatch), stmts: map[string]*sql.Stmt{}, done: make(chan struct{})}
+	s := &SQLiteStore{wdb: wdb, rdb: rdb, ops: make(chan *writeOp, maxBatch), stmts: map[string]*sql.Stmt{}, done: make(chan struct{}),
+		kick: make(chan struct{}, 1), deleting: map[string]int{}}
 	fail := func(err error) (*SQLiteStore, error) {
 		wdb.Close()
 		rdb.Close()
@@ -148,6 +162,7 @@ func (s *SQLiteStore) Run(ctx context.Context) error {
 		select {
 		case op := <-s.ops:
 			batch = append(batch, op)
+		case <-s.kick:
 		case <-ctx.Done():
 			s.mu.Lock()
 			s.closed = true
@@ -180,20 +195,45 @@ func (s *SQLiteStore) Run(ctx context.Context) error {
 	}
 }
 
-// commit runs ops in one transaction and reports each op's result after the
-// commit. An op with more than one write wraps them in atomically, so that a
-// failing op changes nothing (a failing single statement changes nothing).
+// commit runs ops and the queued acks in one transaction and reports each
+// op's result after the commit. An op with more than one write wraps them in
+// atomically, so that a failing op changes nothing (a failing single
+// statement changes nothing).
 func (s *SQLiteStore) commit(batch []*writeOp) {
-	if len(batch) == 0 {
+	s.dmu.Lock()
+	acks := s.acks
+	s.acks = nil
+	s.dmu.Unlock()
+	if len(batch) == 0 && len(acks) == 0 {
 		return
 	}
+	defer s.acked(acks)
 	start := time.Now()
 	errs := make([]error, len(batch))
 	tx, err := s.wdb.Begin()
 	if err == nil {
-		st := func(name string) *sql.Stmt { return tx.Stmt(s.stmts[name]) }
+		// Statements bound to tx, made once per commit rather than per use.
+		txStmts := make(map[string]*sql.Stmt, 4)
+		st := func(name string) *sql.Stmt {
+			t := txStmts[name]
+			if t == nil {
+				t = tx.Stmt(s.stmts[name])
+				txStmts[name] = t
+			}
+			return t
+		}
 		for i, op := range batch {
 			errs[i] = op.fn(tx, st)
+		}
+		if len(acks) > 0 {
+			del := st("msgack")
+			for _, a := range acks {
+				for _, r := range a.refs {
+					// A failed delete leaves the message to be delivered again
+					// (at least once); the others go on.
+					_, _ = del.Exec(a.uaid, r.ChannelID, r.Version)
+				}
+			}
 		}
 		err = tx.Commit()
 	}
@@ -208,13 +248,27 @@ func (s *SQLiteStore) commit(batch []*writeOp) {
 		}
 	}
 	if s.ObserveCommit != nil {
-		s.ObserveCommit(len(batch), time.Since(start))
+		s.ObserveCommit(len(batch)+len(acks), time.Since(start))
 	}
 	for i, op := range batch {
 		if op.done != nil {
 			op.done <- errs[i]
 		}
 	}
+}
+
+// acked forgets acks that a commit has handled.
+func (s *SQLiteStore) acked(acks []queuedAck) {
+	if len(acks) == 0 {
+		return
+	}
+	s.dmu.Lock()
+	for _, a := range acks {
+		if s.deleting[a.uaid]--; s.deleting[a.uaid] <= 0 {
+			delete(s.deleting, a.uaid)
+		}
+	}
+	s.dmu.Unlock()
 }
 
 // write queues fn for the writer and waits for its commit unless async.
@@ -459,8 +513,20 @@ func hasNewerVersion(st func(string) *sql.Stmt, m *Message) (bool, error) {
 	return newer, rows.Err()
 }
 
-// Pending implements Store.
+// Pending implements Store. Messages whose ack is queued are not returned:
+// Pending first waits for the commit that deletes them.
 func (s *SQLiteStore) Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error) {
+	s.dmu.Lock()
+	acking := s.deleting[uaid] > 0
+	s.dmu.Unlock()
+	if acking {
+		// The writer takes the queued acks after the ops it has gathered, so
+		// the commit of this no-op deletes them (or an earlier commit did).
+		noop := func(*sql.Tx, func(string) *sql.Stmt) error { return nil }
+		if err := s.write(ctx, false, noop); err != nil {
+			return nil, fmt.Errorf("cannot read pending messages: %w", err)
+		}
+	}
 	rows, err := s.rsel.QueryContext(ctx, uaid, after, ms(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read pending messages: %w", err)
@@ -488,27 +554,29 @@ func (s *SQLiteStore) Pending(ctx context.Context, uaid string, after int64, lim
 	return out, nil
 }
 
-// Delete implements Store. It waits for the commit (grouped with others), so
-// that a device reconnecting right after its ack is not sent the message again.
+// Delete implements Store. It queues the deletion for the next commit and
+// returns at once; until that commit, Pending does not return the messages,
+// so a device reconnecting right after its ack is not sent them again. A
+// crash before the commit delivers them again (at least once).
 func (s *SQLiteStore) Delete(ctx context.Context, uaid string, refs []Ref) error {
 	if len(refs) == 0 {
 		return nil
 	}
-	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
-		del := st("msgack")
-		if len(refs) == 1 {
-			_, err := del.Exec(uaid, refs[0].ChannelID, refs[0].Version)
-			return err
-		}
-		return atomically(tx, func() error {
-			for _, r := range refs {
-				if _, err := del.Exec(uaid, r.ChannelID, r.Version); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	})
+	// Queue under mu so that Run's final flush sees every accepted ack.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.dmu.Lock()
+	s.acks = append(s.acks, queuedAck{uaid: uaid, refs: refs})
+	s.deleting[uaid]++
+	s.dmu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default: // the writer is already told
+	}
+	return nil
 }
 
 // Cancel implements Store.
