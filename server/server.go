@@ -47,6 +47,8 @@ type Config struct {
 	PublicURL string
 	// DBPath is the sqlite file; ignored when Store is set.
 	DBPath string
+	// Sync is how durable a commit of the sqlite store is (default SyncFull).
+	Sync Sync
 	// Store replaces the sqlite store (for example a networked one).
 	Store Store
 	// PingInterval is how often websocket pings are sent (default 5 min).
@@ -133,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 		if cfg.DBPath == "" {
 			return nil, errors.New("no store: set DBPath or Store")
 		}
-		st, err := OpenSQLite(cfg.DBPath)
+		st, err := OpenSQLiteWith(cfg.DBPath, SQLiteOptions{Sync: cfg.Sync})
 		if err != nil {
 			return nil, err
 		}

@@ -99,12 +99,53 @@ var writerSQL = map[string]string{
 	"sweep":    `DELETE FROM messages WHERE expiry <= ?`,
 }
 
-// OpenSQLite opens (creating if needed) the sqlite store at path. It starts no
-// goroutines: call Run.
+// Sync says how far a commit goes before Put returns.
+type Sync int
+
+const (
+	// SyncFull syncs the write-ahead log to disk at every (group) commit: an
+	// accepted message survives a crash of the machine or a power loss.
+	SyncFull Sync = iota
+	// SyncNormal syncs the write-ahead log only at checkpoints: an accepted
+	// message survives a crash or kill of the server process, but the last
+	// commits before a crash of the machine or a power loss may be lost.
+	SyncNormal
+)
+
+// ParseSync parses "full" or "normal".
+func ParseSync(s string) (Sync, error) {
+	switch s {
+	case "full":
+		return SyncFull, nil
+	case "normal":
+		return SyncNormal, nil
+	}
+	return 0, fmt.Errorf("invalid sync mode %q: want full or normal", s)
+}
+
+// SQLiteOptions tune a sqlite store.
+type SQLiteOptions struct {
+	Sync Sync
+}
+
+// OpenSQLite opens (creating if needed) the sqlite store at path with the
+// default options (SyncFull). It starts no goroutines: call Run.
 func OpenSQLite(path string) (*SQLiteStore, error) {
+	return OpenSQLiteWith(path, SQLiteOptions{})
+}
+
+// OpenSQLiteWith is OpenSQLite with options.
+func OpenSQLiteWith(path string, o SQLiteOptions) (*SQLiteStore, error) {
 	q := url.Values{}
 	q.Set("_journal_mode", "WAL")
-	q.Set("_synchronous", "FULL")
+	switch o.Sync {
+	case SyncFull:
+		q.Set("_synchronous", "FULL")
+	case SyncNormal:
+		q.Set("_synchronous", "NORMAL")
+	default:
+		return nil, fmt.Errorf("invalid sync mode %d", o.Sync)
+	}
 	q.Set("_busy_timeout", "10000")
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	wdb, err := sql.Open("sqlite3", dsn+"&_txlock=immediate")

@@ -31,6 +31,7 @@ type options struct {
 	tlsCert, tlsKey          string
 	logLevel                 string
 	pprof                    string // debug: serve net/http/pprof on this address
+	sync                     string // full or normal
 	pingInterval             time.Duration
 	tokenRate, ipRate        float64
 	tokenBurst, ipBurst      int
@@ -53,6 +54,7 @@ func main() {
 	fs.IntVar(&o.tokenBurst, "rate-burst-token", server.DefaultTokenLimit.Burst, "burst of posts per endpoint token")
 	fs.Float64Var(&o.ipRate, "rate-limit-ip", server.DefaultIPLimit.Rate, "requests per second per client address (0: no limit)")
 	fs.IntVar(&o.ipBurst, "rate-burst-ip", server.DefaultIPLimit.Burst, "burst of requests per client address")
+	fs.StringVar(&o.sync, "sync", "full", "when a commit reaches the disk: full (every commit, survives power loss) or normal (at checkpoints, survives a server crash)")
 	fs.StringVar(&o.pprof, "pprof", "", "debug: serve Go profiles (net/http/pprof) on this address, for example 127.0.0.1:6060")
 	fs.Parse(os.Args[1:])
 
@@ -80,6 +82,10 @@ func run(ctx context.Context, o options) error {
 	}
 	logger := slog.New(slog.NewTextHandler(o.stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
+	syncMode, err := server.ParseSync(o.sync)
+	if err != nil {
+		return fmt.Errorf("invalid --sync: %w", err)
+	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
@@ -112,6 +118,7 @@ func run(ctx context.Context, o options) error {
 	srv, err := server.New(server.Config{
 		PublicURL:    public,
 		DBPath:       db,
+		Sync:         syncMode,
 		PingInterval: o.pingInterval,
 		TokenLimit:   limit(o.tokenRate, o.tokenBurst),
 		IPLimit:      limit(o.ipRate, o.ipBurst),

@@ -185,10 +185,17 @@ func post(t *testing.T, url string, body string) int {
 
 // TestCrashBeforeAck kills the server with SIGKILL after it answered 201 and
 // before the device acked; after a restart on the same database the device
-// gets the message exactly once.
+// gets the message exactly once, with either --sync mode (both survive a
+// crash of the process).
 func TestCrashBeforeAck(t *testing.T) {
+	for _, mode := range []string{"full", "normal"} {
+		t.Run(mode, func(t *testing.T) { testCrashBeforeAck(t, "--sync", mode) })
+	}
+}
+
+func testCrashBeforeAck(t *testing.T, args ...string) {
 	db := filepath.Join(t.TempDir(), "herald-server.db")
-	p := start(t, db)
+	p := start(t, db, args...)
 	d := connect(t, p, "")
 	chid := protocol.NewChannelID()
 	d.send(&protocol.Register{ChannelID: chid})
@@ -200,7 +207,7 @@ func TestCrashBeforeAck(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.wait(t)
 
-	p = start(t, db)
+	p = start(t, db, args...)
 	d = connect(t, p, d.uaid)
 	n, ok := d.recv().(*protocol.Notification)
 	if !ok {
@@ -224,7 +231,7 @@ func TestCrashBeforeAck(t *testing.T) {
 	if err := p.wait(t); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
-	p = start(t, db)
+	p = start(t, db, args...)
 	d = connect(t, p, d.uaid)
 	d.quiet()
 	// The registration survived too.
@@ -246,6 +253,7 @@ func TestFlags(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "invalid --log-level"},
 		{"tls cert without key", []string{"--tls-cert", "x.pem"}, "go together"},
 		{"bad public url", []string{"--public-url", "ftp://x"}, "invalid public url"},
+		{"bad sync mode", []string{"--sync", "off"}, "invalid --sync"},
 		{"busy port", []string{"--listen", "256.0.0.1:1"}, "cannot listen"},
 	}
 	for _, tt := range tests {
