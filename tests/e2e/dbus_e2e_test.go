@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -736,4 +737,115 @@ func TestDBusBadInput(t *testing.T) {
 		t.Errorf("PopAll after a valid Post = %q, %v", msgs, err)
 	}
 	w.daemonUp(t)
+}
+
+// listUPServices returns the connector services of the daemon's UnifiedPush
+// registrations, from the management interface.
+func (w *world) listUPServices(t *testing.T) []string {
+	t.Helper()
+	var regs []map[string]dbus.Variant
+	if err := w.call("org.herald.Daemon", "/org/herald/Daemon", "org.herald.Daemon1.ListRegistrations").Store(&regs); err != nil {
+		t.Fatalf("ListRegistrations: %v", err)
+	}
+	var out []string
+	for _, r := range regs {
+		if k, _ := r["kind"].Value().(string); k == "unifiedpush" {
+			s, _ := r["service"].Value().(string)
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// stopConnector ends a running test connector (a child of the test bus) and
+// waits until its name is released.
+func (w *world) stopConnector(t *testing.T, name string) {
+	t.Helper()
+	c, err := dbus.Connect(w.bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.AddMatchSignal(dbus.WithMatchInterface("org.freedesktop.DBus"), dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, name)); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *dbus.Signal, 16)
+	c.Signal(ch)
+	var pid uint32
+	if err := c.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, name).Store(&pid); err != nil {
+		t.Fatalf("pid of %s: %v", name, err)
+	}
+	if err := syscall.Kill(int(pid), syscall.SIGTERM); err != nil {
+		t.Fatalf("cannot stop connector %s (pid %d): %v", name, pid, err)
+	}
+	deadline := time.After(waitLong)
+	for {
+		select {
+		case s := <-ch:
+			if len(s.Body) == 3 {
+				if owner, _ := s.Body[2].(string); owner == "" {
+					return
+				}
+			}
+		case <-deadline:
+			t.Fatalf("%s still owned %s after SIGTERM", name, waitLong)
+		}
+	}
+}
+
+// TestDBusUnifiedPushRemovedAppDropped: a registration whose connector is
+// no longer activatable (the app was removed) is dropped when the daemon
+// starts; one whose connector is still installed is kept.
+func TestDBusUnifiedPushRemovedAppDropped(t *testing.T) {
+	w := newWorld(t, worldOptions{})
+	kept := w.newUPApp("org.example.UPKept", 2)
+	gone := w.newUPApp("org.example.UPGone", 2)
+	for _, a := range []upApp{kept, gone} {
+		res, err := w.register2(map[string]dbus.Variant{"service": dbus.MakeVariant(a.name), "token": dbus.MakeVariant(a.token)})
+		if err != nil {
+			t.Fatalf("Distributor2.Register(%s): %v", a.name, err)
+		}
+		if s, _ := res["success"].Value().(string); s != "REGISTRATION_SUCCEEDED" {
+			t.Fatalf("Distributor2.Register(%s) = %v", a.name, res)
+		}
+		a.waitRecords(t, "NewEndpoint", 1, nil)
+	}
+	if got := w.listUPServices(t); len(got) != 2 {
+		t.Fatalf("registrations before removal = %q, want both apps", got)
+	}
+
+	// Remove the app: stop it, delete its service file, let the bus re-read it.
+	if err := w.daemon.Stop(30 * time.Second); err != nil {
+		t.Fatalf("heraldd did not stop cleanly: %v", err)
+	}
+	w.stopConnector(t, gone.name)
+	if err := os.Remove(filepath.Join(w.bus.ServiceDir, gone.name+".service")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.conn.BusObject().Call("org.freedesktop.DBus.ReloadConfig", 0).Err; err != nil {
+		t.Fatalf("ReloadConfig: %v", err)
+	}
+	var names []string
+	if err := w.conn.BusObject().Call("org.freedesktop.DBus.ListActivatableNames", 0).Store(&names); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(names, gone.name) || !slices.Contains(names, kept.name) {
+		t.Fatalf("activatable names %q: the test setup did not remove only %s", names, gone.name)
+	}
+	w.restartDaemon()
+
+	// The drop runs at start; watch the registrations under a deadline.
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := w.listUPServices(t)
+		if slices.Equal(got, []string{kept.name}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registrations after restart = %q, want only %s (the removed app's registration is kept)", got, kept.name)
+		}
+		<-tick.C
+	}
 }
