@@ -75,9 +75,17 @@ func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 			d.log.Error("cannot read inbox", "app_id", appID, "err", err)
 			return d.now().Add(redeliverMin)
 		}
+		dr, failed := d.processBatch(ctx, msgs, isUP)
+		dropped = dropped || dr
+		if failed {
+			return d.now().Add(redeliverMin)
+		}
 		for i := range msgs {
 			if ctx.Err() != nil {
 				return time.Time{}
+			}
+			if msgs[i].Step == "" { // dropped by processBatch
+				continue
 			}
 			if d.advance(ctx, &msgs[i], isUP) {
 				dropped = true
@@ -99,6 +107,61 @@ func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 		}
 	}
 	return time.Time{}
+}
+
+// processBatch runs the helper step of every received message of msgs and
+// records the outputs in one transaction (a crash before the commit runs
+// those helpers again). Processed messages get their new step; expired ones
+// are dropped (reported) and get Step "". failed reports that the outputs
+// could not be recorded (the pass is retried later).
+func (d *Daemon) processBatch(ctx context.Context, msgs []store.Message, isUP bool) (dropped, failed bool) {
+	var outs []store.Output
+	var idx []int
+	now := d.now()
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Step != store.StepReceived {
+			continue
+		}
+		if m.Expired(now) {
+			d.log.Info("expired message dropped", "app_id", m.AppID, "msg_id", m.MsgID, "step", m.Step)
+			if err := d.st.Done(ctx, m.Seq, "messages_expired"); err != nil && !errors.Is(err, store.ErrNotFound) {
+				d.log.Error("cannot drop expired message", "app_id", m.AppID, "err", err)
+			}
+			m.Step = ""
+			dropped = true
+			continue
+		}
+		out := Output{Message: m.Body} // UnifiedPush: raw, byte for byte
+		if !isUP {
+			var err error
+			out, err = d.process(ctx, m)
+			if ctx.Err() != nil {
+				break // shutting down: what ran is recorded below
+			}
+			if err != nil {
+				d.log.Warn("helper failed; queueing the raw payload", "app_id", m.AppID, "msg_id", m.MsgID, "err", err)
+			}
+		}
+		outs = append(outs, store.Output{Seq: m.Seq, Message: out.Message, Notification: out.Notification})
+		idx = append(idx, i)
+	}
+	if len(outs) == 0 {
+		return dropped, false
+	}
+	if err := d.st.ProcessedBatch(context.WithoutCancel(ctx), outs); err != nil {
+		d.log.Error("cannot record helper output", "count", len(outs), "err", err)
+		return dropped, true
+	}
+	for j, i := range idx {
+		m := &msgs[i]
+		m.Output, m.Notification = outs[j].Message, outs[j].Notification
+		m.Step = store.StepProcessed
+		if m.Notification == nil {
+			m.Step = store.StepQueued
+		}
+	}
+	return dropped, false
 }
 
 // advance moves one message from its step to the queued step, or drops it

@@ -98,7 +98,7 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 
 // Post stores a message that did not come from the server (Postal.Post).
 func (s *Store) Post(ctx context.Context, m Incoming) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
+	_, err := s.exec(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
 		m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires))
 	if err != nil {
 		return fmt.Errorf("cannot store posted message for %q: %w", m.AppID, err)
@@ -115,7 +115,7 @@ func nonNil(b []byte) []byte {
 
 // PruneSeen forgets seen ids received before t (older than any TTL).
 func (s *Store) PruneSeen(ctx context.Context, before time.Time) error {
-	_, err := s.db.ExecContext(ctx, "DELETE FROM seen WHERE received < ?", unixMilli(before))
+	_, err := s.exec(ctx, "DELETE FROM seen WHERE received < ?", unixMilli(before))
 	if err != nil {
 		return fmt.Errorf("cannot prune seen ids: %w", err)
 	}
@@ -207,6 +207,42 @@ func (s *Store) Processed(ctx context.Context, seq int64, output, notification [
 	return s.advance(ctx, seq, step, "message = ?, notification = ?", nonNil(output), notification)
 }
 
+// Output is the helper output of one message, for ProcessedBatch.
+type Output struct {
+	Seq          int64
+	Message      []byte
+	Notification []byte
+}
+
+// ProcessedBatch records the helper output of several messages in one
+// transaction (see Processed).
+func (s *Store) ProcessedBatch(ctx context.Context, outs []Output) error {
+	if len(outs) == 0 {
+		return nil
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx, "UPDATE inbox SET step = ?, message = ?, notification = ? WHERE seq = ?")
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, o := range outs {
+			step := StepQueued
+			if o.Notification != nil {
+				step = StepProcessed
+			}
+			if _, err := st.ExecContext(ctx, step, nonNil(o.Message), o.Notification, o.Seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot record output of %d messages: %w", len(outs), err)
+	}
+	return nil
+}
+
 // Presented records that a message's notification was shown (or skipped),
 // and queues it for its app.
 func (s *Store) Presented(ctx context.Context, seq int64) error {
@@ -226,7 +262,7 @@ func (s *Store) advance(ctx context.Context, seq int64, step, set string, args .
 	q += " WHERE seq = ?"
 	a := append([]any{step}, args...)
 	a = append(a, seq)
-	res, err := s.db.ExecContext(ctx, q, a...)
+	res, err := s.exec(ctx, q, a...)
 	if err != nil {
 		return fmt.Errorf("cannot move message %d to %s: %w", seq, step, err)
 	}
@@ -238,7 +274,7 @@ func (s *Store) advance(ctx context.Context, seq int64, step, set string, args .
 
 // Retry records a failed delivery attempt and when to try again.
 func (s *Store) Retry(ctx context.Context, seq int64, next time.Time) error {
-	_, err := s.db.ExecContext(ctx, "UPDATE inbox SET attempts = attempts + 1, next_attempt = ? WHERE seq = ?", unixMilli(next), seq)
+	_, err := s.exec(ctx, "UPDATE inbox SET attempts = attempts + 1, next_attempt = ? WHERE seq = ?", unixMilli(next), seq)
 	if err != nil {
 		return fmt.Errorf("cannot record retry of message %d: %w", seq, err)
 	}

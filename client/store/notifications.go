@@ -39,7 +39,7 @@ func (s *Store) SaveNotification(ctx context.Context, n Notification) error {
 
 // DeleteNotification forgets a notification.
 func (s *Store) DeleteNotification(ctx context.Context, appID string, id uint32) error {
-	_, err := s.db.ExecContext(ctx, "DELETE FROM notifications WHERE app_id = ? AND id = ?", appID, int64(id))
+	_, err := s.exec(ctx, "DELETE FROM notifications WHERE app_id = ? AND id = ?", appID, int64(id))
 	if err != nil {
 		return fmt.Errorf("cannot delete notification %d of %q: %w", id, appID, err)
 	}

@@ -41,7 +41,7 @@ func (s *Store) PutRegistration(ctx context.Context, r Registration) error {
 	if r.Registered.IsZero() {
 		r.Registered = time.Now()
 	}
-	_, err := s.db.ExecContext(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?)"+
+	_, err := s.exec(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?)"+
 		" ON CONFLICT(channel_id) DO UPDATE SET app_id = excluded.app_id, kind = excluded.kind, endpoint = excluded.endpoint,"+
 		" service = excluded.service, up_token = excluded.up_token, up_version = excluded.up_version, vapid = excluded.vapid,"+
 		" stale = excluded.stale, registered = excluded.registered",
@@ -55,7 +55,7 @@ func (s *Store) PutRegistration(ctx context.Context, r Registration) error {
 // SetEndpoint records the endpoint the server gave a channel and clears its
 // stale mark.
 func (s *Store) SetEndpoint(ctx context.Context, channelID, endpoint string) error {
-	res, err := s.db.ExecContext(ctx, "UPDATE registrations SET endpoint = ?, stale = 0 WHERE channel_id = ?", endpoint, channelID)
+	res, err := s.exec(ctx, "UPDATE registrations SET endpoint = ?, stale = 0 WHERE channel_id = ?", endpoint, channelID)
 	if err != nil {
 		return fmt.Errorf("cannot store endpoint of channel %s: %w", channelID, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // sqlite driver
@@ -111,6 +112,9 @@ type Options struct {
 // Store is an open state database. It is safe for concurrent use.
 type Store struct {
 	db *sql.DB
+	// wmu serializes writers in the process: waiting here is cheaper than
+	// sqlite's busy handler, which sleeps.
+	wmu sync.Mutex
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -171,7 +175,15 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
+func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.db.ExecContext(ctx, q, args...)
+}
+
 func (s *Store) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -239,7 +251,7 @@ func fromMilli(ms int64) time.Time {
 
 // Incr adds delta to the named counter.
 func (s *Store) Incr(ctx context.Context, name string, delta uint64) error {
-	_, err := s.db.ExecContext(ctx, incrSQL, name, delta)
+	_, err := s.exec(ctx, incrSQL, name, delta)
 	if err != nil {
 		return fmt.Errorf("cannot update counter %q: %w", name, err)
 	}

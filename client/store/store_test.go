@@ -311,8 +311,14 @@ func mustPending(t *testing.T, s *Store, app string) []Message {
 }
 
 func BenchmarkReceiveBatch10(b *testing.B) {
+	for _, sync := range []string{"NORMAL", "FULL"} {
+		b.Run(sync, func(b *testing.B) { benchReceive(b, sync) })
+	}
+}
+
+func benchReceive(b *testing.B, sync string) {
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(b.TempDir(), "herald.db"), Options{Synchronous: "NORMAL"})
+	s, err := Open(ctx, filepath.Join(b.TempDir(), "herald.db"), Options{Synchronous: sync})
 	if err != nil {
 		b.Fatal(err)
 	}
