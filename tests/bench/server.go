@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,6 +100,161 @@ func (s *benchServer) rss() (int64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+// cpu returns the CPU time (user+system) the server process has used.
+func (s *benchServer) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) start after ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("malformed stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / hz, nil
+}
+
+// selfCPU returns the CPU time (user+system) this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// Bits a tracker sets per message id.
+const (
+	published = 1 << iota // the publisher got 201 with this id in Location
+	acked                 // the device acked this version
+)
+
+// tracker matches accepted message ids with acked versions (for Web Push the
+// version is the id): both counts those seen on both sides.
+type tracker struct {
+	shards [64]struct {
+		mu sync.Mutex
+		m  map[string]uint8 // guarded by mu; bits seen so far
+	}
+	both atomic.Int64
+	last atomic.Int64 // unix nanos when both last grew
+}
+
+func (t *tracker) mark(id string, bit uint8) {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	sh := &t.shards[h%uint32(len(t.shards))]
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = map[string]uint8{}
+	}
+	old := sh.m[id]
+	now := old | bit
+	if now == published|acked {
+		delete(sh.m, id) // counted; a repeated ack counts nothing
+	} else {
+		sh.m[id] = now
+	}
+	sh.mu.Unlock()
+	if now == published|acked && old != now {
+		t.both.Add(1)
+		t.last.Store(time.Now().UnixNano())
+	}
+}
+
+// notificationIDs takes channelID and version from a notification frame as
+// herald-server writes it, or else through protocol.Decode.
+func notificationIDs(f []byte) (chid, version string, ok bool) {
+	const head, mid = `{"messageType":"notification","channelID":"`, `","version":"`
+	if rest, found := bytes.CutPrefix(f, []byte(head)); found {
+		if c, rest, found := bytes.Cut(rest, []byte(mid)); found && bytes.IndexByte(c, '\\') < 0 {
+			if v, _, found := bytes.Cut(rest, []byte(`"`)); found && bytes.IndexByte(v, '\\') < 0 {
+				return string(c), string(v), true
+			}
+		}
+	}
+	m, err := protocol.Decode(f)
+	n, isN := m.(*protocol.Notification)
+	if err != nil || !isN {
+		return "", "", false
+	}
+	return n.ChannelID, n.Version, true
+}
+
+// appendAck appends the ack frame protocol.Encode writes for one delivered
+// message with plain (unescaped) ids.
+func appendAck(b []byte, chid, version string) []byte {
+	b = append(b, `{"messageType":"ack","updates":[{"channelID":"`...)
+	b = append(b, chid...)
+	b = append(b, `","version":"`...)
+	b = append(b, version...)
+	return append(b, `","code":100}]}`...)
+}
+
+// publisher posts on one keep-alive HTTP/1.1 connection.
+type publisher struct {
+	c    net.Conn
+	br   *bufio.Reader
+	host string
+	req  []byte
+	dead bool // the server closes the connection after this response
+}
+
+func dialPublisher(ctx context.Context, addr string) (*publisher, error) {
+	var nd net.Dialer
+	c, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &publisher{c: c, br: bufio.NewReaderSize(c, 4096), host: addr}, nil
+}
+
+func (p *publisher) close() { p.c.Close() }
+
+// post sends a Web Push message and returns the id from Location.
+func (p *publisher) post(path string, body []byte) (id string, status int, err error) {
+	b := append(p.req[:0], "POST "...)
+	b = append(b, path...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, p.host...)
+	b = append(b, "\r\nTTL: 600\r\nContent-Encoding: aes128gcm\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, body...)
+	p.req = b
+	p.c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := p.c.Write(b); err != nil {
+		p.c.Close()
+		return "", 0, err
+	}
+	resp, err := http.ReadResponse(p.br, nil)
+	if err != nil {
+		p.c.Close()
+		return "", 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		p.c.Close()
+		return "", 0, err
+	}
+	p.dead = resp.Close
+	loc := resp.Header.Get("Location")
+	return loc[strings.LastIndexByte(loc, '/')+1:], resp.StatusCode, nil
 }
 
 // benchDevice is one websocket device.
@@ -211,34 +368,49 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	}()
 	env.Logf("server_throughput: %d devices connected", devices)
 
-	// Devices ack every notification as it arrives.
-	var delivered, accepted, failed atomic.Int64
-	var lastAck atomic.Int64 // unix nanos of the latest ack
+	// Devices ack every notification as it arrives. A message counts once
+	// its publisher got 201 (with its id in Location) and its device acked
+	// that id: the tracker matches both.
+	var tr tracker
+	var accepted, failed atomic.Int64
 	var readers sync.WaitGroup
 	for _, d := range devs {
 		readers.Go(func() {
+			var buf bytes.Buffer
+			var ack []byte
 			for {
-				_, f, err := d.ws.ReadMessage()
+				_, r, err := d.ws.NextReader()
 				if err != nil {
 					return
 				}
-				m, err := protocol.Decode(f)
-				n, ok := m.(*protocol.Notification)
-				if err != nil || !ok {
-					continue
-				}
-				b, _ := protocol.Encode(&protocol.Ack{Updates: []protocol.Update{{ChannelID: n.ChannelID, Version: n.Version, Code: 100}}})
-				if d.ws.WriteMessage(websocket.TextMessage, b) != nil {
+				buf.Reset()
+				if _, err := buf.ReadFrom(r); err != nil {
 					return
 				}
-				delivered.Add(1)
-				lastAck.Store(time.Now().UnixNano())
+				chid, version, ok := notificationIDs(buf.Bytes())
+				if !ok {
+					continue
+				}
+				ack = appendAck(ack[:0], chid, version)
+				if d.ws.WriteMessage(websocket.TextMessage, ack) != nil {
+					return
+				}
+				tr.mark(version, acked)
 			}
 		})
 	}
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConns: publishers * 2, MaxIdleConnsPerHost: publishers * 2, DisableCompression: true}}
+	paths := make([]string, devices)
+	for i, d := range devs {
+		u, err := url.Parse(d.endpoint)
+		if err != nil {
+			return nil, err
+		}
+		paths[i] = u.Path
+	}
 	body := bytes.Repeat([]byte("x"), 100)
+	srvCPU0, _ := srv.cpu()
+	genCPU0 := selfCPU()
 	start := time.Now()
 	pubCtx, stopPub := context.WithTimeout(ctx, window)
 	defer stopPub()
@@ -246,23 +418,32 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	var next atomic.Int64
 	for range publishers {
 		pubs.Go(func() {
+			// One keep-alive HTTP/1.1 connection per publisher, written and
+			// read in this goroutine (net/http's client adds two goroutine
+			// hops per request). A request begun is always finished.
+			p, err := dialPublisher(ctx, srv.addr)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			defer func() { p.close() }()
 			for pubCtx.Err() == nil {
-				ep := devs[int(next.Add(1))%devices].endpoint
-				req, _ := http.NewRequestWithContext(pubCtx, "POST", ep, bytes.NewReader(body))
-				req.Header.Set("TTL", "600")
-				req.Header.Set("Content-Encoding", "aes128gcm")
-				resp, err := client.Do(req)
-				if err != nil {
-					if pubCtx.Err() == nil {
-						failed.Add(1)
-					}
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusCreated {
-					accepted.Add(1)
-				} else {
+				id, status, err := p.post(paths[int(next.Add(1))%devices], body)
+				switch {
+				case err != nil:
 					failed.Add(1)
+				case status == http.StatusCreated && id != "":
+					accepted.Add(1)
+					tr.mark(id, published)
+				default:
+					failed.Add(1)
+				}
+				if err != nil || p.dead {
+					p.close()
+					if p, err = dialPublisher(ctx, srv.addr); err != nil {
+						failed.Add(1)
+						return
+					}
 				}
 			}
 		})
@@ -272,11 +453,13 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	acc := accepted.Load()
 	// Drain: wait until every accepted message is acked (or drainMax).
 	deadline := time.Now().Add(drainMax)
-	for delivered.Load() < acc && time.Now().Before(deadline) && ctx.Err() == nil {
+	for tr.both.Load() < acc && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond) // polling a counter, not waiting for an event
 	}
-	del := delivered.Load()
-	ackElapsed := time.Duration(lastAck.Load() - start.UnixNano())
+	del := tr.both.Load()
+	srvCPU1, _ := srv.cpu()
+	genCPU := selfCPU() - genCPU0
+	ackElapsed := time.Duration(tr.last.Load() - start.UnixNano())
 	if ackElapsed < pubElapsed {
 		ackElapsed = pubElapsed
 	}
@@ -289,8 +472,10 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	accRate := float64(acc) / pubElapsed.Seconds()
 	delRate := float64(del) / ackElapsed.Seconds()
-	note := fmt.Sprintf("%d devices, %d publishers, %s: %d accepted (%.0f/s), %d delivered+acked in %.1fs, %d failed",
-		devices, publishers, window, acc, accRate, del, ackElapsed.Seconds(), failed.Load())
+	// CPU per message is steadier than the rate on a shared machine.
+	perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(max(del, 1)) }
+	note := fmt.Sprintf("%d devices, %d publishers, %s: %d accepted (%.0f/s), %d delivered+acked in %.1fs, %d failed; CPU/msg: server %.0f µs, load generator %.0f µs",
+		devices, publishers, window, acc, accRate, del, ackElapsed.Seconds(), failed.Load(), perMsg(srvCPU1-srvCPU0), perMsg(genCPU))
 	return []Result{
 		{Name: "server_throughput_msgs_per_s", Label: "server: delivered+acked msgs/s (1,000 devices, durable)", Value: delRate,
 			Unit: "msgs/s", Target: 20000, Note: note},
