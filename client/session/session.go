@@ -473,7 +473,9 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 }
 
 func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, write func(protocol.Message) error) error {
+	start := time.Now()
 	codes := s.cfg.Handler.Receive(ctx, batch)
+	s.log.Debug("stored notifications", "count", len(batch), "took", time.Since(start))
 	ack := &protocol.Ack{Updates: make([]protocol.Update, len(batch))}
 	for i, n := range batch {
 		code := protocol.AckNotDelivered

@@ -220,7 +220,7 @@ func (s *Store) ProcessedBatch(ctx context.Context, outs []Output) error {
 	if len(outs) == 0 {
 		return nil
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txRelaxed(ctx, func(tx *sql.Tx) error {
 		st, err := tx.PrepareContext(ctx, "UPDATE inbox SET step = ?, message = ?, notification = ? WHERE seq = ?")
 		if err != nil {
 			return err
@@ -262,7 +262,7 @@ func (s *Store) advance(ctx context.Context, seq int64, step, set string, args .
 	q += " WHERE seq = ?"
 	a := append([]any{step}, args...)
 	a = append(a, seq)
-	res, err := s.exec(ctx, q, a...)
+	res, err := s.execRelaxed(ctx, q, a...)
 	if err != nil {
 		return fmt.Errorf("cannot move message %d to %s: %w", seq, step, err)
 	}
@@ -274,7 +274,7 @@ func (s *Store) advance(ctx context.Context, seq int64, step, set string, args .
 
 // Retry records a failed delivery attempt and when to try again.
 func (s *Store) Retry(ctx context.Context, seq int64, next time.Time) error {
-	_, err := s.exec(ctx, "UPDATE inbox SET attempts = attempts + 1, next_attempt = ? WHERE seq = ?", unixMilli(next), seq)
+	_, err := s.execRelaxed(ctx, "UPDATE inbox SET attempts = attempts + 1, next_attempt = ? WHERE seq = ?", unixMilli(next), seq)
 	if err != nil {
 		return fmt.Errorf("cannot record retry of message %d: %w", seq, err)
 	}
@@ -284,7 +284,7 @@ func (s *Store) Retry(ctx context.Context, seq int64, next time.Time) error {
 // Done removes a message that was delivered to its app, or dropped, and
 // counts it under counter (when not "").
 func (s *Store) Done(ctx context.Context, seq int64, counter string) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.txRelaxed(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, "DELETE FROM inbox WHERE seq = ?", seq)
 		if err != nil {
 			return err

@@ -112,6 +112,11 @@ type Options struct {
 // Store is an open state database. It is safe for concurrent use.
 type Store struct {
 	db *sql.DB
+	// relaxed is a second pool on the same file with synchronous=NORMAL,
+	// for pipeline step records: after a power loss (not a crash) a step
+	// may be done again, while received messages and what apps took are
+	// committed with the configured (FULL) durability.
+	relaxed *sql.DB
 	// wmu serializes writers in the process: waiting here is cheaper than
 	// sqlite's busy handler, which sleeps.
 	wmu sync.Mutex
@@ -128,29 +133,48 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("invalid synchronous mode %q", sync)
 	}
-	q := url.Values{}
-	q.Set("_busy_timeout", "10000")
-	q.Set("_journal_mode", "WAL")
-	q.Set("_synchronous", sync)
-	q.Set("_txlock", "immediate")
-	q.Set("_foreign_keys", "on")
-	db, err := sql.Open("sqlite3", "file:"+url.PathEscape(path)+"?"+q.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
+	open := func(sync string) (*sql.DB, error) {
+		q := url.Values{}
+		q.Set("_busy_timeout", "10000")
+		q.Set("_journal_mode", "WAL")
+		q.Set("_synchronous", sync)
+		q.Set("_txlock", "immediate")
+		q.Set("_foreign_keys", "on")
+		db, err := sql.Open("sqlite3", "file:"+url.PathEscape(path)+"?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
+		}
+		db.SetMaxOpenConns(4)
+		db.SetMaxIdleConns(1)
+		db.SetConnMaxIdleTime(time.Minute)
+		return db, nil
 	}
-	db.SetMaxOpenConns(4)
-	db.SetMaxIdleConns(1)
-	db.SetConnMaxIdleTime(time.Minute)
-	s := &Store{db: db}
+	db, err := open(sync)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{db: db, relaxed: db}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
+	}
+	if sync == "FULL" || sync == "EXTRA" {
+		if s.relaxed, err = open("NORMAL"); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	var err error
+	if s.relaxed != s.db {
+		err = s.relaxed.Close()
+	}
+	return errors.Join(err, s.db.Close())
+}
 
 func (s *Store) migrate(ctx context.Context) error {
 	var v int
@@ -181,10 +205,25 @@ func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, er
 	return s.db.ExecContext(ctx, q, args...)
 }
 
-func (s *Store) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+// execRelaxed is exec on the relaxed pool (pipeline steps).
+func (s *Store) execRelaxed(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
+	return s.relaxed.ExecContext(ctx, q, args...)
+}
+
+func (s *Store) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+	return s.txOn(ctx, s.db, f)
+}
+
+func (s *Store) txRelaxed(ctx context.Context, f func(tx *sql.Tx) error) error {
+	return s.txOn(ctx, s.relaxed, f)
+}
+
+func (s *Store) txOn(ctx context.Context, db *sql.DB, f func(tx *sql.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -251,7 +290,7 @@ func fromMilli(ms int64) time.Time {
 
 // Incr adds delta to the named counter.
 func (s *Store) Incr(ctx context.Context, name string, delta uint64) error {
-	_, err := s.exec(ctx, incrSQL, name, delta)
+	_, err := s.execRelaxed(ctx, incrSQL, name, delta)
 	if err != nil {
 		return fmt.Errorf("cannot update counter %q: %w", name, err)
 	}
