@@ -37,7 +37,9 @@ type chaosMsg struct {
 // once, in order per app, and that expired messages never do.
 func TestChaos(t *testing.T) {
 	plan := planFromEnv()
-	w := newWorld(t, worldOptions{proxy: true})
+	// The sender is faster than the server's default per-token rate limit,
+	// which is not what this test is about.
+	w := newWorld(t, worldOptions{proxy: true, serverArgs: []string{"--rate-limit-token", "0", "--rate-limit-ip", "0"}})
 	const apps = 5
 	appIDs := make([]string, apps)
 	tokens := make([]string, apps)
@@ -47,7 +49,8 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Outcome of every send, by app and seq.
-	var mu sync.Mutex // guards must, maybe, nextSeq
+	var mu sync.Mutex        // guards must, maybe, refused, nextSeq
+	refused := map[int]int{} // other answers, by status
 	must := make([]map[int]bool, apps)
 	maybe := make([]map[int]bool, apps)
 	nextSeq := make([]int, apps)
@@ -69,6 +72,8 @@ func TestChaos(t *testing.T) {
 			must[app][seq] = true
 		case err != nil || status >= 500:
 			maybe[app][seq] = true // the server may have stored it before dying
+		default:
+			refused[status]++
 		}
 	}
 
@@ -234,13 +239,16 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	summary := fmt.Sprintf("chaos: %d messages sent to %d apps (%d answered 201, %d unanswered), %d expiring; "+
+	summary := fmt.Sprintf("chaos: %d messages sent to %d apps (%d answered 201, %d unanswered or 5xx, refused %v), %d expiring; "+
 		"heraldd SIGKILLed %d times, herald-server SIGKILLed %d times, connection cut %d times (%d live connections); "+
 		"received %d: duplicates %d, out of order %d, expired delivered %d, unknown %d",
-		plan.messages, apps, mustTotal, maybeTotal, did.expired, did.daemonKills, did.serverKills, did.cuts, did.cutConns,
+		plan.messages, apps, mustTotal, maybeTotal, refused, did.expired, did.daemonKills, did.serverKills, did.cuts, did.cutConns,
 		total, dups, disorder, expired, unknown)
 	t.Log(summary)
 	fmt.Println(summary)
+	if len(refused) > 0 {
+		t.Errorf("the server refused messages it should have taken: %v", refused)
+	}
 	if dups != 0 || disorder != 0 || expired != 0 || unknown != 0 {
 		t.Errorf("delivery broke its promise: %d duplicates, %d out of order, %d expired delivered, %d unknown", dups, disorder, expired, unknown)
 	}

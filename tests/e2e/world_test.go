@@ -38,6 +38,7 @@ type world struct {
 type worldOptions struct {
 	proxy      bool
 	daemonArgs []string
+	serverArgs []string
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -51,7 +52,7 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	w.bus = bus
 	t.Cleanup(bus.Close)
 	mkdir(t, filepath.Join(dir, "server"))
-	srv, err := harness.StartServer(built.server, filepath.Join(dir, "server"), "127.0.0.1:0")
+	srv, err := harness.StartServer(built.server, filepath.Join(dir, "server"), "127.0.0.1:0", o.serverArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
