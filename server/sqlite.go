@@ -92,6 +92,7 @@ var writerSQL = map[string]string{
 	"msgtopic": `SELECT seq, version FROM messages WHERE uaid = ? AND chid = ? AND topic = ?`,
 	"msgdelt":  `DELETE FROM messages WHERE uaid = ? AND chid = ? AND topic = ?`,
 	"msgcount": `SELECT count(*) FROM messages WHERE uaid = ? AND chid = ? AND expiry > ?`,
+	"msgall":   `SELECT count(*) FROM messages WHERE uaid = ? AND chid = ?`, // covered by messages_chan
 	"msgdrop":  `DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE uaid = ? AND chid = ? ORDER BY seq LIMIT ?)`,
 	"msgput":   `INSERT INTO messages (id, uaid, chid, version, topic, data, headers, expiry) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 	"msgack":   `DELETE FROM messages WHERE uaid = ? AND chid = ? AND version = ?`,
@@ -509,7 +510,7 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 		// single statement after it and cannot undo it.
 		if o.DropOver > 0 {
 			var n int
-			if err := st("msgcount").QueryRow(m.UAID, m.ChannelID, int64(-1<<62)).Scan(&n); err == nil && n > o.DropOver {
+			if err := st("msgall").QueryRow(m.UAID, m.ChannelID).Scan(&n); err == nil && n > o.DropOver {
 				if _, err := st("msgdrop").Exec(m.UAID, m.ChannelID, n-o.DropOver); err == nil {
 					dropped = n - o.DropOver
 				}

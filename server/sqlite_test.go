@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -97,5 +98,40 @@ func TestSQLiteAcksFlushedOnStop(t *testing.T) {
 	}
 	if len(ms) != 1 || ms[0].ID != keep.ID {
 		t.Fatalf("after restart %d pending, want only the unacked one", len(ms))
+	}
+}
+
+// Put with DropOver keeps the newest messages of the channel and says how
+// many older ones it dropped.
+func TestSQLiteDropOver(t *testing.T) {
+	st, _ := runStore(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	uaid, chid := protocol.NewUAID(), protocol.NewChannelID()
+	const limit = 5
+	var ids []string
+	total := 0
+	for i := range limit + 3 {
+		id := newMessageID()
+		m := &Message{ID: id, UAID: uaid, ChannelID: chid, Version: id, Expiry: time.Now().Add(time.Hour)}
+		_, dropped, err := st.Put(ctx, m, PutOptions{DropOver: limit}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := max(0, i+1-limit); dropped != min(want, 1) {
+			t.Errorf("put %d dropped %d", i, dropped)
+		}
+		total += dropped
+		ids = append(ids, id)
+	}
+	ms, err := st.Pending(ctx, uaid, 0, 100, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.ID)
+	}
+	if want := ids[len(ids)-limit:]; total != 3 || !slices.Equal(got, want) {
+		t.Fatalf("dropped %d, pending %v, want 3 and %v", total, got, want)
 	}
 }
