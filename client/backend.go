@@ -80,7 +80,25 @@ func (d *Daemon) drop(ctx context.Context, r store.Registration) error {
 	d.dropReg(r.ChannelID)
 	d.unregisterLater(r.ChannelID)
 	d.log.Info("app unregistered", "app_id", r.AppID, "kind", r.Kind)
+	d.tellUnregistered(r)
 	return nil
+}
+
+// tellUnregistered confirms to a UnifiedPush connector that its registration
+// is gone, after the caller's reply (the connector may be the caller).
+func (d *Daemon) tellUnregistered(r store.Registration) {
+	if r.Kind != store.KindUnifiedPush {
+		return
+	}
+	bus := d.getBus()
+	if bus == nil {
+		return
+	}
+	d.goBackground(func(ctx context.Context) {
+		if err := bus.Unregistered(ctx, r.Service, r.UPToken, r.UPVersion); err != nil {
+			d.log.Warn("cannot tell app it is unregistered", "app_id", r.AppID, "service", r.Service, "err", err)
+		}
+	})
 }
 
 // Post queues a message for appID as if it came from the server.

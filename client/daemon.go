@@ -343,6 +343,7 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 		}
 		d.dropReg(r.ChannelID)
 		d.unregisterLater(r.ChannelID)
+		d.tellUnregistered(r)
 	}
 }
 

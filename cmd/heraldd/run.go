@@ -72,6 +72,13 @@ func run(ctx context.Context, cfg client.Config, logger *slog.Logger) error {
 	}
 	d.SetBus(statusBus{svc})
 
+	// The bus names are owned before the daemon starts working, so that the
+	// work resumed from the store (Post signals, UnifiedPush redelivery,
+	// dropping removed apps) finds the D-Bus service running. Calls that
+	// arrive first wait for the daemon's loop.
+	if err := svc.Start(ctx); err != nil {
+		return err
+	}
 	// Work happens under runCtx, which ends only after the bus names are
 	// released.
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -88,11 +95,6 @@ func run(ctx context.Context, cfg client.Config, logger *slog.Logger) error {
 		defer sys.Close()
 		return client.WatchNetwork(gctx, sys, d.SetOnline, logger)
 	})
-	if err := svc.Start(ctx); err != nil {
-		stopRun()
-		_ = g.Wait()
-		return err
-	}
 	notify(logger, sddaemon.SdNotifyReady)
 	logger.Info("heraldd ready", "server", cfg.Server, "state_dir", cfg.StateDir)
 	if cfg.Env.Watchdog > 0 {
