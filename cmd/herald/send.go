@@ -27,7 +27,7 @@ func sendCmd() *command {
 			topic = fs.String("topic", "", "`TOPIC` replacing a pending message with the same topic")
 			p256dh = fs.String("p256dh", "", "the subscription's public `KEY` (base64url)")
 			auth = fs.String("auth", "", "the subscription's auth `SECRET` (base64url)")
-			encoding = fs.String("encoding", "aes128gcm", "Content-Encoding `NAME` sent with a message that is not encrypted (push servers pass the body through untouched)")
+			encoding = fs.String("encoding", "", "Content-Encoding `NAME` of a message that is not encrypted here (default none: a plaintext message, which herald-server accepts)")
 		},
 		run: func(ctx context.Context, e *cli, fs *flag.FlagSet, args []string) error {
 			if len(args) != 2 {
