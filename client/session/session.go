@@ -482,6 +482,9 @@ func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, 
 		if i < len(codes) {
 			code = codes[i]
 		}
+		if code == protocol.AckDelivered {
+			code = 0 // omitted: 100 is the protocol's default, and it saves bytes on the wire
+		}
 		ack.Updates[i] = protocol.Update{ChannelID: n.ChannelID, Version: n.Version, Code: code}
 	}
 	return write(ack)

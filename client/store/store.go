@@ -146,7 +146,6 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		}
 		db.SetMaxOpenConns(4)
 		db.SetMaxIdleConns(1)
-		db.SetConnMaxIdleTime(time.Minute)
 		return db, nil
 	}
 	db, err := open(sync)
