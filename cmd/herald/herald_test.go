@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/internal/harness"
+	"github.com/heraldpush/herald/internal/testbus"
+	"github.com/heraldpush/herald/protocol"
+	"github.com/heraldpush/herald/webpush"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runCLI(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	e := &cli{stdout: &out, stderr: &errb, getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	code := e.main(ctx, args)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestHelp(t *testing.T) {
+	r := runCLI(t, nil, "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "Commands:") {
+		t.Fatalf("--help = %+v", r)
+	}
+	for _, c := range commands() {
+		for _, args := range [][]string{{"help", c.name}, {c.name, "--help"}} {
+			r := runCLI(t, nil, args...)
+			out := r.stdout + r.stderr
+			if r.code != 0 || !strings.Contains(out, "Usage: herald "+c.name) {
+				t.Errorf("%v = %d %q", args, r.code, out)
+			}
+		}
+	}
+	if r := runCLI(t, nil, "send", "--help"); !strings.Contains(r.stderr, "-p256dh") {
+		t.Errorf("send --help does not list its flags: %q", r.stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "Usage"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"inbox"}, 2, "want one APP_ID"},
+		{[]string{"status", "extra"}, 2, "unexpected argument"},
+		{[]string{"send", "ftp://x/y", "hi"}, 2, "invalid endpoint"},
+		{[]string{"send", "--urgency", "now", "http://x/y", "hi"}, 2, "invalid --urgency"},
+		{[]string{"send", "--p256dh", "AAAA", "http://x/y", "hi"}, 2, "--p256dh and --auth go together"},
+		{[]string{"register", "not an app id"}, 1, "invalid application id"},
+	}
+	for _, tt := range tests {
+		r := runCLI(t, nil, tt.args...)
+		if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("herald %v = %d, stderr %q; want %d and %q", tt.args, r.code, r.stderr, tt.code, tt.want)
+		}
+	}
+}
+
+func TestSend(t *testing.T) {
+	type got struct {
+		header http.Header
+		body   []byte
+	}
+	reqs := make(chan got, 2)
+	status := http.StatusCreated
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		reqs <- got{r.Header.Clone(), b}
+		w.Header().Set("Location", "http://push/m/abc")
+		w.WriteHeader(status)
+		io.WriteString(w, `{"code":404,"errno":102,"error":"Not Found","message":"unknown token"}`)
+	}))
+	defer srv.Close()
+
+	r := runCLI(t, nil, "send", "--ttl", "60", "--urgency", "high", "--topic", "news", srv.URL+"/wpush/v1/tok", "hello")
+	if r.code != 0 || !strings.Contains(r.stdout, "201 Created") || !strings.Contains(r.stdout, "Location: http://push/m/abc") {
+		t.Fatalf("send = %+v", r)
+	}
+	g := <-reqs
+	if string(g.body) != "hello" || g.header.Get("TTL") != "60" || g.header.Get("Urgency") != "high" || g.header.Get("Topic") != "news" {
+		t.Fatalf("request = %v %q", g.header, g.body)
+	}
+
+	// Encrypted for a subscription: the subscriber can decrypt it.
+	keys, err := webpush.GenerateKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, nil, "send", "--p256dh", protocol.EncodeBase64URL(keys.Public()), "--auth", protocol.EncodeBase64URL(keys.Auth), srv.URL+"/wpush/v1/tok", "secret")
+	if r.code != 0 {
+		t.Fatalf("encrypted send = %+v", r)
+	}
+	g = <-reqs
+	plain, err := webpush.Decrypt(g.body, keys)
+	if err != nil || string(plain) != "secret" || g.header.Get("Content-Encoding") != "aes128gcm" {
+		t.Fatalf("decrypt = %q, %v (headers %v)", plain, err, g.header)
+	}
+
+	status = http.StatusNotFound
+	r = runCLI(t, nil, "send", srv.URL+"/wpush/v1/gone", "x")
+	<-reqs
+	if r.code != 1 || !strings.Contains(r.stdout, "404") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "unknown token") {
+		t.Fatalf("send to an unknown token = %+v", r)
+	}
+}
+
+func TestNoDaemon(t *testing.T) {
+	bus := testbus.Start(t)
+	env := map[string]string{"DBUS_SESSION_BUS_ADDRESS": bus.Address, "HOME": t.TempDir()}
+	for _, args := range [][]string{{"status"}, {"inbox", "com.example.app_app"}, {"register", "com.example.app_app"}} {
+		r := runCLI(t, env, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "heraldd is not running") {
+			t.Errorf("%v without heraldd = %+v", args, r)
+		}
+	}
+	r := runCLI(t, env, "doctor")
+	if r.code != 1 {
+		t.Fatalf("doctor = %+v", r)
+	}
+	for _, want := range []string{"FAIL  push server: no server configured", "FAIL  heraldd running", "fix: systemctl --user enable --now heraldd",
+		"ok    session bus", "FAIL  notification server"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("doctor output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r := runCLI(t, map[string]string{"HOME": t.TempDir()}, "status"); r.code != 1 || !strings.Contains(r.stderr, "no session bus") {
+		t.Errorf("status without a bus = %+v", r)
+	}
+}
+
+// TestWithDaemon runs the real heraldd and herald-server.
+func TestWithDaemon(t *testing.T) {
+	bin := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := harness.Build(ctx, bin); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bus, err := harness.StartBus(filepath.Join(dir, "bus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	sdir := filepath.Join(dir, "server")
+	if err := os.MkdirAll(sdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := harness.StartServer(filepath.Join(bin, "herald-server"), sdir, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Kill()
+	home := filepath.Join(dir, "home")
+	d, err := harness.StartDaemon(filepath.Join(bin, "heraldd"), home, bus.Address, srv.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill()
+	env := map[string]string{"DBUS_SESSION_BUS_ADDRESS": bus.Address, "HOME": home, "XDG_STATE_HOME": filepath.Join(home, "state"),
+		"XDG_CONFIG_HOME": filepath.Join(home, "config")}
+	conn, err := dbus.Connect(bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.AddMatchSignal(dbus.WithMatchInterface("org.freedesktop.DBus"), dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusapi.DaemonName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.AddMatchSignal(dbus.WithMatchInterface("com.lomiri.Postal"), dbus.WithMatchMember("Post")); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan *dbus.Signal, 100)
+	conn.Signal(sigs)
+	wait := func(member string) {
+		t.Helper()
+		for {
+			select {
+			case s := <-sigs:
+				if strings.HasSuffix(s.Name, "."+member) {
+					return
+				}
+			case <-d.Done():
+				t.Fatalf("heraldd exited:\n%s", d.Tail(3000))
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no %s signal", member)
+			}
+		}
+	}
+	var has bool
+	if err := conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, dbusapi.DaemonName).Store(&has); err != nil {
+		t.Fatal(err)
+	}
+	if !has {
+		wait("NameOwnerChanged")
+	}
+	r := runCLI(t, env, "register", "com.example.cli_cli")
+	tok := strings.TrimSpace(r.stdout)
+	if r.code != 0 || tok == "" {
+		t.Fatalf("register = %+v\n%s", r, d.Tail(3000))
+	}
+	r = runCLI(t, env, "send", srv.HTTP()+"/wpush/v1/"+tok, `{"hi":1}`)
+	if r.code != 0 {
+		t.Fatalf("send = %+v", r)
+	}
+	// The message waits in the queue: status shows it, inbox lists it.
+	wait("Post")
+	r = runCLI(t, env, "status", "--json")
+	var st daemonStatus
+	if err := json.Unmarshal([]byte(r.stdout), &st); r.code != 0 || err != nil {
+		t.Fatalf("status --json = %+v (%v)", r, err)
+	}
+	if len(st.Registrations) != 1 || st.Registrations[0].Queued != 1 {
+		t.Fatalf("status registrations = %+v", st.Registrations)
+	}
+	if st.State != "connected" || st.Server != srv.URL() || st.Registrations[0].AppID != "com.example.cli_cli" || st.Counters["messages_received"] != 1 {
+		t.Fatalf("status = %+v", st)
+	}
+	r = runCLI(t, env, "inbox", "com.example.cli_cli")
+	if r.code != 0 || !strings.Contains(r.stdout, "queued") {
+		t.Fatalf("inbox = %+v", r)
+	}
+	r = runCLI(t, env, "status")
+	if r.code != 0 || !strings.Contains(r.stdout, "connected") || !strings.Contains(r.stdout, "com.example.cli_cli") {
+		t.Fatalf("status = %+v", r)
+	}
+	env["XDG_CONFIG_HOME"] = filepath.Join(home, "config")
+	if err := os.MkdirAll(filepath.Join(home, "config", "herald"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, "config", "herald", "config.toml"), []byte("server = \""+srv.URL()+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, env, "doctor")
+	if !strings.Contains(r.stdout, "ok    push server "+srv.URL()) || !strings.Contains(r.stdout, "ok    heraldd running") {
+		t.Fatalf("doctor = %+v", r)
+	}
+}
