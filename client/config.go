@@ -34,7 +34,8 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the redial backoff (1s, 5m).
 	ReconnectMin Duration `toml:"reconnect_min"`
 	ReconnectMax Duration `toml:"reconnect_max"`
-	// Compression asks the server for permessage-deflate.
+	// Compression asks the server for permessage-deflate (used only when
+	// the server agrees; default true).
 	Compression bool `toml:"compression"`
 	// Durability is "full" (every commit survives a power loss, default)
 	// or "normal" (survives a crash of the daemon; faster).
@@ -90,6 +91,7 @@ func DefaultConfig() Config {
 		RequestTimeout:    Duration{20 * time.Second},
 		ReconnectMin:      Duration{time.Second},
 		ReconnectMax:      Duration{5 * time.Minute},
+		Compression:       true,
 		Durability:        "full",
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -374,4 +376,86 @@ func TestChaosServerKilled(t *testing.T) {
 func TestChaosConnectionCut(t *testing.T) {
 	r := newRig(t, true)
 	chaos(t, r, 1000*scale(), 20*scale(), func(int) { r.proxy.Cut() })
+}
+
+// TestSystemdLifecycle checks the sd_notify messages (READY=1 once the
+// names are owned, STATUS= with the connection state, WATCHDOG=1, and
+// STOPPING=1 on SIGTERM) and a clean exit.
+func TestSystemdLifecycle(t *testing.T) {
+	bin := binaries(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ln.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	bus, err := harness.StartBus(filepath.Join(dir, "bus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	if err := os.MkdirAll(filepath.Join(dir, "server"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := harness.StartServer(filepath.Join(bin, "herald-server"), filepath.Join(dir, "server"), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Kill()
+	d, err := harness.StartDaemon(filepath.Join(bin, "heraldd"), filepath.Join(dir, "home"), bus.Address, srv.URL(),
+		[]string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=200000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill()
+	next := func(prefix string) string {
+		t.Helper()
+		for {
+			select {
+			case m := <-msgs:
+				if strings.HasPrefix(m, prefix) {
+					return m
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no %s from heraldd:\n%s", prefix, d.Tail(3000))
+			}
+		}
+	}
+	next("READY=1")
+	conn, err := dbus.Connect(bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var has bool
+	if err := conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, dbusapi.DaemonName).Store(&has); err != nil || !has {
+		t.Fatalf("READY=1 before %s was owned (%v)", dbusapi.DaemonName, err)
+	}
+	next("WATCHDOG=1")
+	// A registration makes it connect: STATUS= follows the state.
+	var tok string
+	err = conn.Object("com.lomiri.PushNotifications", "/com/lomiri/PushNotifications/com_2eexample_2esd").
+		Call("com.lomiri.PushNotifications.Register", 0, "com.example.sd_sd").Store(&tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(next("STATUS="), "connected") {
+	}
+	if err := d.Stop(20 * time.Second); err != nil {
+		t.Fatalf("heraldd did not exit cleanly on SIGTERM: %v\n%s", err, d.Tail(3000))
+	}
+	next("STOPPING=1")
 }
