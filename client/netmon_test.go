@@ -37,7 +37,9 @@ func TestWatchNetwork(t *testing.T) {
 	defer cancel()
 	online := make(chan bool, 10)
 	done := make(chan error, 1)
-	go func() { done <- WatchNetwork(ctx, watcher, func(v bool) { online <- v }, slog.New(slog.DiscardHandler)) }()
+	go func() {
+		done <- WatchNetwork(ctx, watcher, func(v bool) { online <- v }, slog.New(slog.DiscardHandler))
+	}()
 	expect := func(want bool) {
 		t.Helper()
 		select {
