@@ -114,8 +114,10 @@ type Daemon struct {
 	regMu sync.Mutex                    // guards regs
 	regs  map[string]store.Registration // channel id → registration
 
-	workMu  sync.Mutex         // guards workers
-	workers map[string]*worker // app id → worker state
+	workMu   sync.Mutex         // guards workers, deferred, flushing
+	workers  map[string]*worker // app id → worker state
+	deferred map[string]bool    // apps whose kick waits for the end of a burst
+	flushing *time.Timer        // flushes deferred at the end of a burst
 
 	statusMu sync.Mutex // guards status
 	status   dbusapi.Status
@@ -522,15 +524,21 @@ func (h *handler) Receive(ctx context.Context, batch []*protocol.Notification) [
 		}
 		return codes
 	}
-	kicked := map[string]bool{}
+	var apps []string
 	for j, m := range in {
 		if dup[j] {
 			d.log.Debug("duplicate message acked again", "channel_id", m.ChannelID)
 			continue
 		}
-		if !kicked[m.AppID] {
-			kicked[m.AppID] = true
-			d.kick(m.AppID)
+		apps = append(apps, m.AppID)
+	}
+	// A batch of several notifications is the server flushing stored
+	// messages: taking them in (and acking) goes first, the pipeline runs
+	// when the burst ends. A lone message outside a burst is a live one:
+	// process it now.
+	if !d.deferKicks(apps, len(batch) > 1) {
+		for _, app := range apps {
+			d.kick(app)
 		}
 	}
 	return codes

@@ -18,6 +18,48 @@ const (
 	redeliverMax = 10 * time.Minute
 )
 
+// burstQuiet is how long after the last batch of a burst of stored
+// messages the pipeline starts on them.
+const burstQuiet = 20 * time.Millisecond
+
+// deferKicks defers the kicks of apps to the end of the current burst of
+// received messages, starting one when burst is set. It reports whether it
+// deferred them (false: no burst, kick now).
+func (d *Daemon) deferKicks(apps []string, burst bool) bool {
+	d.workMu.Lock()
+	defer d.workMu.Unlock()
+	if !burst && d.flushing == nil {
+		return false
+	}
+	if d.deferred == nil {
+		d.deferred = map[string]bool{}
+	}
+	for _, a := range apps {
+		d.deferred[a] = true
+	}
+	if d.flushing == nil {
+		d.flushing = time.AfterFunc(burstQuiet, d.flushKicks)
+	} else {
+		d.flushing.Reset(burstQuiet)
+	}
+	return true
+}
+
+// flushKicks kicks every app whose kick was deferred.
+func (d *Daemon) flushKicks() {
+	d.workMu.Lock()
+	apps := d.deferred
+	d.deferred = nil
+	if d.flushing != nil {
+		d.flushing.Stop()
+		d.flushing = nil
+	}
+	d.workMu.Unlock()
+	for a := range apps {
+		d.kick(a)
+	}
+}
+
 // kick makes sure appID's worker runs (or runs again after its current pass).
 func (d *Daemon) kick(appID string) {
 	d.workMu.Lock()
