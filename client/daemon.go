@@ -349,20 +349,15 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 	}
 }
 
-// resume restarts the pipeline of every app with unfinished messages and
-// announces the queued ones.
+// resume restarts the pipeline of every app with unfinished messages.
+// Messages already queued for Lomiri apps are not announced again: Post
+// means "a message was queued", and apps read their queue when they start.
 func (d *Daemon) resume(ctx context.Context) error {
 	apps, err := d.st.AppsWithWork(ctx)
 	if err != nil {
 		return err
 	}
-	bus := d.getBus()
-	for app, queued := range apps {
-		if _, up := d.upRegOfApp(app); queued > 0 && !up && bus != nil {
-			if err := bus.EmitPost(app); err != nil {
-				d.log.Warn("cannot emit Post", "app_id", app, "err", err)
-			}
-		}
+	for app := range apps {
 		d.kick(app)
 	}
 	return nil
