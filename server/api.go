@@ -193,7 +193,7 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 		ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Topic: h.Topic,
 		Data: body, Headers: headers, Expiry: s.now().Add(time.Duration(h.TTL) * time.Second),
 	}
-	if err := s.accept(r, m, PutOptions{Replace: h.Topic != "", DropOver: protocol.MaxPendingPerChannel}, "webpush"); err != nil {
+	if err := s.accept(r, m, PutOptions{Replace: h.Topic != "", DropOver: s.cfg.MaxPending}, "webpush"); err != nil {
 		s.log.Error("cannot store message", "err", err)
 		w.Header().Set("Retry-After", "5")
 		s.pushFail(w, newPushError(503, errnoUnavailable, "cannot store message, retry later"))

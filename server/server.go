@@ -55,6 +55,10 @@ type Config struct {
 	PingInterval time.Duration
 	// TokenLimit limits posts per endpoint token, IPLimit per client address.
 	TokenLimit, IPLimit Limit
+	// MaxPending is how many undelivered Web Push messages a channel keeps;
+	// beyond it the oldest are dropped and counted (default
+	// protocol.MaxPendingPerChannel, 100).
+	MaxPending int
 	// SweepInterval is how often expired messages are swept (default 1 min).
 	SweepInterval time.Duration
 	// Logger receives the server's logs (default: discarded).
@@ -89,6 +93,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PingInterval <= 0 {
 		cfg.PingInterval = protocol.DefaultPingInterval
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = protocol.MaxPendingPerChannel
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval

@@ -658,3 +658,26 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Errorf("healthz = %d", r.status)
 	}
 }
+
+// Beyond MaxPending undelivered messages a channel keeps only the newest.
+func TestMaxPendingDropsOldest(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxPending = 3 })
+	d := ts.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	d.ws.Close()
+	for i := range 5 {
+		if r := ts.push(ep, []byte(fmt.Sprint(i)), nil); r.status != 201 {
+			t.Fatalf("push %d = %d %s", i, r.status, r.body)
+		}
+	}
+	d = ts.connect(d.uaid)
+	var got []string
+	for range 3 {
+		b, _ := d.notification().Body()
+		got = append(got, string(b))
+	}
+	d.quiet()
+	if fmt.Sprint(got) != "[2 3 4]" {
+		t.Errorf("got %v, want the newest three [2 3 4]", got)
+	}
+}

@@ -33,6 +33,7 @@ type options struct {
 	pprof                    string // debug: serve net/http/pprof on this address
 	sync                     string // full or normal
 	pingInterval             time.Duration
+	maxPending               int
 	tokenRate, ipRate        float64
 	tokenBurst, ipBurst      int
 	stateDirectory           string // $STATE_DIRECTORY
@@ -54,6 +55,7 @@ func main() {
 	fs.IntVar(&o.tokenBurst, "rate-burst-token", server.DefaultTokenLimit.Burst, "burst of posts per endpoint token")
 	fs.Float64Var(&o.ipRate, "rate-limit-ip", server.DefaultIPLimit.Rate, "requests per second per client address (0: no limit)")
 	fs.IntVar(&o.ipBurst, "rate-burst-ip", server.DefaultIPLimit.Burst, "burst of requests per client address")
+	fs.IntVar(&o.maxPending, "max-pending", protocol.MaxPendingPerChannel, "undelivered Web Push messages kept per channel; beyond it the oldest are dropped")
 	fs.StringVar(&o.sync, "sync", "full", "when a commit reaches the disk: full (every commit, survives power loss) or normal (at checkpoints, survives a server crash)")
 	fs.StringVar(&o.pprof, "pprof", "", "debug: serve Go profiles (net/http/pprof) on this address, for example 127.0.0.1:6060")
 	fs.Parse(os.Args[1:])
@@ -120,6 +122,7 @@ func run(ctx context.Context, o options) error {
 		DBPath:       db,
 		Sync:         syncMode,
 		PingInterval: o.pingInterval,
+		MaxPending:   o.maxPending,
 		TokenLimit:   limit(o.tokenRate, o.tokenBurst),
 		IPLimit:      limit(o.ipRate, o.ipBurst),
 		Logger:       logger,

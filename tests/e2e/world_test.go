@@ -39,6 +39,7 @@ type worldOptions struct {
 	proxy      bool
 	daemonArgs []string
 	serverArgs []string
+	config     string // config.toml of heraldd, when set
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -94,6 +95,12 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	}()
 	ddir := filepath.Join(dir, "home")
 	mkdir(t, ddir)
+	if o.config != "" {
+		mkdir(t, filepath.Join(ddir, "config", "herald"))
+		if err := os.WriteFile(filepath.Join(ddir, "config", "herald", "config.toml"), []byte(o.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, nil, o.daemonArgs...)
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +117,15 @@ func newWorld(t *testing.T, o worldOptions) *world {
 		if t.Failed() {
 			t.Logf("heraldd log tail:\n%s", d.Tail(6000))
 			t.Logf("herald-server log tail:\n%s", srv.Tail(3000))
+			if keep := os.Getenv("HERALD_E2E_LOGS"); keep != "" {
+				// Keep the whole logs of a failed run for a closer look.
+				db := filepath.Join(d.StateDir, "herald.db")
+				for _, f := range []string{d.Proc.Log, srv.Proc.Log, srv.DB, srv.DB + "-wal", db, db + "-wal"} {
+					if b, err := os.ReadFile(f); err == nil {
+						_ = os.WriteFile(filepath.Join(keep, t.Name()+"-"+filepath.Base(f)), b, 0o644)
+					}
+				}
+			}
 		}
 	})
 	w.waitDaemon()
