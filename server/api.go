@@ -255,7 +255,7 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	if !protocol.ValidUAID(id) { // message ids have the same shape
+	if !validMessageID(id) {
 		s.pushFail(w, newPushError(404, errnoNotFound, "unknown message"))
 		return
 	}
@@ -415,4 +415,17 @@ func (l *limiter) prune(now time.Time) {
 			delete(l.buckets, k)
 		}
 	}
+}
+
+// validMessageID reports whether id has the shape of a message id: 22
+// base64url characters (128 bits), or 32 hex digits as older servers made.
+func validMessageID(id string) bool {
+	if protocol.ValidUAID(id) {
+		return true
+	}
+	if len(id) != 22 {
+		return false
+	}
+	b, err := protocol.DecodeBase64URL(id)
+	return err == nil && len(b) == 16
 }

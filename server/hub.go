@@ -97,12 +97,13 @@ type conn struct {
 	wmu sync.Mutex // serialises writes to ws
 
 	mu       sync.Mutex
-	unacked  map[Ref]struct{} // guarded by mu; sent, waiting for an ack
-	draining bool             // guarded by mu; stored messages are being sent in batches
-	more     bool             // guarded by mu; a live message arrived while draining
-	cursor   int64            // guarded by mu; stored messages up to this Seq were fetched
-	closed   bool             // guarded by mu; no more writes
-	ping     *time.Timer      // guarded by mu
+	unacked  map[Ref]int64 // guarded by mu; sent, waiting for an ack: their Seq
+	ackedMax int64         // guarded by mu; highest Seq acked on this connection
+	draining bool          // guarded by mu; stored messages are being sent in batches
+	more     bool          // guarded by mu; a live message arrived while draining
+	cursor   int64         // guarded by mu; stored messages up to this Seq were fetched
+	closed   bool          // guarded by mu; no more writes
+	ping     *time.Timer   // guarded by mu
 }
 
 func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
@@ -270,8 +271,9 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		c.mu.Lock()
 		for _, u := range m.Updates {
 			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
-			if _, ok := c.unacked[r]; ok {
+			if seq, ok := c.unacked[r]; ok {
 				delete(c.unacked, r)
+				c.ackedMax = max(c.ackedMax, seq)
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
 					delivered++
 				}
@@ -349,9 +351,19 @@ func (c *conn) drain(ctx context.Context) error {
 		}
 		c.more = false
 		after := c.cursor
+		// Every message acked on this connection is at or below the cursor:
+		// the next batch cannot contain one whose deletion is still queued,
+		// so it need not wait for that commit.
+		noWait := after > 0 && c.ackedMax <= after
 		c.mu.Unlock()
 
-		msgs, err := c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+		var msgs []*Message
+		var err error
+		if q, ok := c.s.store.(queuedDeleter); ok && noWait {
+			msgs, err = q.PendingBeyondAcks(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+		} else {
+			msgs, err = c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+		}
 		if err != nil {
 			c.s.log.Error("cannot read pending messages", "err", err)
 			c.fail(closeInternal, "internal error")
@@ -365,7 +377,7 @@ func (c *conn) drain(ctx context.Context) error {
 			if _, ok := c.unacked[r]; ok {
 				continue
 			}
-			c.markSent(r)
+			c.markSent(r, m.Seq)
 			frames = append(frames, c.s.encodeNotification(m))
 		}
 		if len(msgs) < protocol.BatchSize && !c.more {
@@ -384,12 +396,20 @@ func (c *conn) drain(ctx context.Context) error {
 	}
 }
 
-// markSent records r as waiting for an ack. c.mu must be held.
-func (c *conn) markSent(r Ref) {
+// markSent records r (stored as seq) as waiting for an ack. c.mu must be held.
+func (c *conn) markSent(r Ref, seq int64) {
 	if c.unacked == nil {
-		c.unacked = make(map[Ref]struct{}, 4)
+		c.unacked = make(map[Ref]int64, 4)
 	}
-	c.unacked[r] = struct{}{}
+	c.unacked[r] = seq
+}
+
+// queuedDeleter is a Store whose Delete returns before its commit and whose
+// Pending therefore waits for queued deletions of the device. It can also
+// read without that wait, for a caller that knows every message it acked is
+// at or below after.
+type queuedDeleter interface {
+	PendingBeyondAcks(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
 }
 
 // deliver sends a just-accepted message to the device at once, or leaves a
@@ -411,7 +431,7 @@ func (c *conn) deliver(m *Message) {
 		c.mu.Unlock()
 		return
 	}
-	c.markSent(r)
+	c.markSent(r, m.Seq)
 	c.mu.Unlock()
 	bp, _ := c.s.frames.Get().(*[]byte)
 	if bp == nil {
@@ -498,7 +518,13 @@ func newToken() string {
 }
 
 // newMessageID returns a message id: 128 random bits, 32 hex digits.
-func newMessageID() string { return protocol.NewUAID() }
+// newMessageID returns 128 random bits as 22 base64url characters: a
+// message id is on the wire twice per message (notification and ack).
+func newMessageID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return protocol.EncodeBase64URL(b[:])
+}
 
 // redact shortens a secret for debug logs.
 func redact(s string) string {

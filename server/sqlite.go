@@ -569,6 +569,12 @@ func (s *SQLiteStore) Pending(ctx context.Context, uaid string, after int64, lim
 			return nil, fmt.Errorf("cannot read pending messages: %w", err)
 		}
 	}
+	return s.PendingBeyondAcks(ctx, uaid, after, limit, now)
+}
+
+// PendingBeyondAcks is Pending without waiting for queued deletions: the
+// caller knows none of them has a Seq above after.
+func (s *SQLiteStore) PendingBeyondAcks(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error) {
 	rows, err := s.rsel.QueryContext(ctx, uaid, after, ms(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read pending messages: %w", err)

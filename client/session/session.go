@@ -68,6 +68,12 @@ type Config struct {
 	PingGrace    time.Duration
 	// RequestTimeout bounds hello, register and unregister round trips.
 	RequestTimeout time.Duration
+	// AckDelay is how long acks of stored notifications may wait to be sent
+	// together in one frame (a message is durable on the device before its
+	// ack is queued, so only the server's copy lives that much longer). A
+	// full batch (protocol.BatchSize) is acked at once. Zero: DefaultAckDelay;
+	// negative: every batch is acked at once.
+	AckDelay time.Duration
 	// Backoff is the redial policy (zero value: DefaultBackoff).
 	Backoff Backoff
 	// Compression asks for permessage-deflate.
@@ -85,6 +91,9 @@ type Config struct {
 type Backoff struct {
 	Min, Max, Stable time.Duration
 }
+
+// DefaultAckDelay is how long acks may wait to share a frame.
+const DefaultAckDelay = 20 * time.Millisecond
 
 // DefaultBackoff is 1 s doubling to 5 min, reset after a stable minute.
 var DefaultBackoff = Backoff{Min: time.Second, Max: 5 * time.Minute, Stable: time.Minute}
@@ -126,6 +135,9 @@ func New(cfg Config) *Session {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 20 * time.Second
+	}
+	if cfg.AckDelay == 0 {
+		cfg.AckDelay = DefaultAckDelay
 	}
 	if cfg.Backoff == (Backoff{}) {
 		cfg.Backoff = DefaultBackoff
@@ -398,10 +410,42 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		}
 		return nil
 	}
+	// Acks of stored notifications wait up to AckDelay to share one frame.
+	var acks []protocol.Update
+	var ackC <-chan time.Time
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	flush := func() error {
+		ackTimer.Stop()
+		ackC = nil
+		if len(acks) == 0 {
+			return nil
+		}
+		err := write(&protocol.Ack{Updates: acks})
+		acks = acks[:0]
+		return err
+	}
+	queueAcks := func(us []protocol.Update) error {
+		acks = append(acks, us...)
+		if len(acks) >= protocol.BatchSize || s.cfg.AckDelay < 0 {
+			return flush()
+		}
+		if ackC == nil {
+			ackTimer.Reset(s.cfg.AckDelay)
+			ackC = ackTimer.C
+		}
+		return nil
+	}
 	var batch []*protocol.Notification
 	for {
 		select {
+		case <-ackC:
+			if err := flush(); err != nil {
+				return err
+			}
 		case <-ctx.Done():
+			_ = flush()
 			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(time.Second))
 			return ctx.Err()
 		case <-s.kick:
@@ -409,6 +453,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			leave := s.reconnect || !s.wanted || !s.online
 			s.mu.Unlock()
 			if leave {
+				_ = flush()
 				_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "reconnect"), time.Now().Add(time.Second))
 				// Put the kick back for the Run loop.
 				s.wake()
@@ -447,7 +492,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 							continue
 						}
 						// Not a notification: handle the batch first, then this frame.
-						if err := s.ackBatch(ctx, batch, write); err != nil {
+						if err := queueAcks(s.storeBatch(ctx, batch)); err != nil {
 							return err
 						}
 						batch = batch[:0]
@@ -461,7 +506,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 					}
 				}
 				if len(batch) > 0 {
-					if err := s.ackBatch(ctx, batch, write); err != nil {
+					if err := queueAcks(s.storeBatch(ctx, batch)); err != nil {
 						return err
 					}
 				}
@@ -472,11 +517,12 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	}
 }
 
-func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, write func(protocol.Message) error) error {
+// storeBatch hands a batch to the handler to store and returns its acks.
+func (s *Session) storeBatch(ctx context.Context, batch []*protocol.Notification) []protocol.Update {
 	start := time.Now()
 	codes := s.cfg.Handler.Receive(ctx, batch)
 	s.log.Debug("stored notifications", "count", len(batch), "took", time.Since(start))
-	ack := &protocol.Ack{Updates: make([]protocol.Update, len(batch))}
+	updates := make([]protocol.Update, len(batch))
 	for i, n := range batch {
 		code := protocol.AckNotDelivered
 		if i < len(codes) {
@@ -485,9 +531,9 @@ func (s *Session) ackBatch(ctx context.Context, batch []*protocol.Notification, 
 		if code == protocol.AckDelivered {
 			code = 0 // omitted: 100 is the protocol's default, and it saves bytes on the wire
 		}
-		ack.Updates[i] = protocol.Update{ChannelID: n.ChannelID, Version: n.Version, Code: code}
+		updates[i] = protocol.Update{ChannelID: n.ChannelID, Version: n.Version, Code: code}
 	}
-	return write(ack)
+	return updates
 }
 
 // answer routes a server frame that is not a notification.

@@ -433,3 +433,57 @@ func TestNextDelayResetsAfterStable(t *testing.T) {
 		t.Fatalf("after a short connection: delay %v attempt %d", d, a)
 	}
 }
+
+// Acks of notifications stored one by one wait to share a frame: with a
+// long AckDelay, ten notifications handled separately are acked in one
+// frame when the batch is full; with a short one, a lone notification is
+// acked when the delay ends.
+func TestAcksCoalesce(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		delay time.Duration
+		n     int
+	}{
+		{"full batch", time.Hour, protocol.BatchSize},
+		{"after the delay", time.Millisecond, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newFakeServer(t)
+			h := newHandler()
+			h.uaid, h.channels = uaid, []string{chA}
+			stored := make(chan string, 100)
+			h.codes = func(n *protocol.Notification) int {
+				stored <- n.Version
+				return protocol.AckDelivered
+			}
+			s, _ := start(t, Config{URL: srv.url(), Handler: h, AckDelay: tt.delay})
+			s.SetWanted(true)
+			c := srv.accept(t)
+			readMsg(t, c) // hello
+			writeMsg(t, c, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+			h.waitState(t, StateConnected)
+			var want []protocol.Update
+			for i := range tt.n {
+				v := fmt.Sprintf("v%d", i)
+				writeMsg(t, c, &protocol.Notification{ChannelID: chA, Version: v, Data: "aGk"})
+				// Wait until it is stored, so that each one is a batch of its own.
+				select {
+				case got := <-stored:
+					if got != v {
+						t.Fatalf("stored %s, want %s", got, v)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("notification %s not stored", v)
+				}
+				want = append(want, protocol.Update{ChannelID: chA, Version: v})
+			}
+			ack, ok := readMsg(t, c).(*protocol.Ack)
+			if !ok {
+				t.Fatal("expected an ack")
+			}
+			if diff := cmp.Diff(want, ack.Updates); diff != "" {
+				t.Fatalf("one ack frame for all (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

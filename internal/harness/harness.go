@@ -262,7 +262,12 @@ func (s *Server) start(addr string) error {
 		p.Kill()
 		return fmt.Errorf("herald-server printed %q, want \"listening on host:port\"", line)
 	}
-	s.Addr = a
+	if s.Addr == "" {
+		s.Addr = a // a restart listens on the same address; Addr is read concurrently
+	} else if a != s.Addr {
+		p.Kill()
+		return fmt.Errorf("herald-server restarted on %s, want %s", a, s.Addr)
+	}
 	s.Proc = p
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
@@ -101,12 +102,19 @@ func (r *daemonRig) register(ctx context.Context, appID string) (string, error) 
 }
 
 func (r *daemonRig) push(token string, body []byte) error {
+	return r.pushEncoded(token, body, "aes128gcm")
+}
+
+// pushEncoded posts body with the given Content-Encoding ("" for plaintext).
+func (r *daemonRig) pushEncoded(token string, body []byte, encoding string) error {
 	req, err := http.NewRequest(http.MethodPost, r.srv.HTTP()+"/wpush/v1/"+token, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("TTL", "3600")
-	req.Header.Set("Content-Encoding", "aes128gcm")
+	if encoding != "" {
+		req.Header.Set("Content-Encoding", encoding)
+	}
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return err
@@ -239,39 +247,55 @@ func benchWireBytes(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	sigs := make(chan *dbus.Signal, count+16)
 	r.conn.Signal(sigs)
-	body := bytes.Repeat([]byte("x"), 100)
-	up0, down0 := r.proxy.Bytes()
-	c0, err := r.counters(ctx)
+	// measure sends count messages one at a time and returns the bytes on the
+	// wire per message, both directions.
+	measure := func(body []byte, encoding string) (float64, int64, int64, error) {
+		up0, down0 := r.proxy.Bytes()
+		c0, err := r.counters(ctx)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		for i := range count {
+			if err := r.pushEncoded(token, body, encoding); err != nil {
+				return 0, 0, 0, err
+			}
+			select {
+			case <-sigs:
+			case <-time.After(10 * time.Second):
+				return 0, 0, 0, fmt.Errorf("message %d not delivered", i)
+			case <-ctx.Done():
+				return 0, 0, 0, ctx.Err()
+			}
+		}
+		// Acks are sent before the Post signal; let the last one cross the proxy.
+		settle(ctx, 200*time.Millisecond)
+		up1, down1 := r.proxy.Bytes()
+		c1, err := r.counters(ctx)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		if got := c1["messages_received"] - c0["messages_received"]; got != count {
+			return 0, 0, 0, fmt.Errorf("daemon received %d messages, want %d", got, count)
+		}
+		return float64((up1-up0)+(down1-down0)) / count, up1 - up0, down1 - down0, nil
+	}
+	// A 100-byte plaintext JSON message, as a Lomiri app server sends through
+	// /wpush or /notify.
+	plain := []byte(`{"from":"Alice","text":"Are we still on for lunch tomorrow at noon? I booked the usual place."}`)
+	plain = append(plain, bytes.Repeat([]byte(" "), 100-len(plain))...)
+	per, up, down, err := measure(plain, "")
 	if err != nil {
 		return nil, err
 	}
-	for i := range count {
-		if err := r.push(token, body); err != nil {
-			return nil, err
-		}
-		select {
-		case <-sigs:
-		case <-time.After(10 * time.Second):
-			return nil, fmt.Errorf("message %d not delivered", i)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	// The ack of the last message follows its storage; wait until the
-	// server has seen every ack (its stored count drops), by a short
-	// settle: acks are sent before the Post signal.
-	settle(ctx, 200*time.Millisecond)
-	up1, down1 := r.proxy.Bytes()
-	c1, err := r.counters(ctx)
+	// A 100-byte encrypted (random) body, as a Web Push app server sends.
+	random := make([]byte, 100)
+	_, _ = rand.Read(random)
+	perEnc, _, _, err := measure(random, "aes128gcm")
 	if err != nil {
 		return nil, err
 	}
-	if got := c1["messages_received"] - c0["messages_received"]; got != count {
-		return nil, fmt.Errorf("daemon received %d messages, want %d", got, count)
-	}
-	per := float64((up1-up0)+(down1-down0)) / count
 	return []Result{{Name: "wire_bytes_per_message", Label: "wire bytes per 100 B message", Value: per, Unit: "B", Target: 300, Lower: true,
-		Note: fmt.Sprintf("%d messages; device→server %d B, server→device %d B (TCP payload incl. websocket framing)", count, up1-up0, down1-down0)}}, nil
+		Note: fmt.Sprintf("%d plaintext JSON messages with their acks, permessage-deflate; device→server %d B, server→device %d B (TCP payload incl. websocket framing); a 100 B encrypted (incompressible) body: %.0f B", count, up, down, perEnc)}}, nil
 }
 
 // benchReconnectDrain stores 10,000 messages (100 apps × 100, the pending
