@@ -527,11 +527,12 @@ func (h *handler) Receive(ctx context.Context, batch []*protocol.Notification) [
 		}
 		apps = append(apps, m.AppID)
 	}
-	// A batch of several notifications is the server flushing stored
-	// messages: taking them in (and acking) goes first, the pipeline runs
-	// when the burst ends. A lone message outside a burst is a live one:
-	// process it now.
-	if !d.deferKicks(apps, len(batch) > 1) {
+	// A full batch is the server flushing stored messages (it sends them
+	// protocol.BatchSize at a time): taking them in (and acking) goes first,
+	// the pipeline runs when the burst ends. Smaller batches are live
+	// messages, a few of which may be read together under load: process
+	// them now (during a burst they join it without extending it).
+	if !d.deferKicks(apps, len(batch) >= protocol.BatchSize) {
 		for _, app := range apps {
 			d.kick(app)
 		}

@@ -37,9 +37,12 @@ func (d *Daemon) deferKicks(apps []string, burst bool) bool {
 	for _, a := range apps {
 		d.deferred[a] = true
 	}
-	if d.flushing == nil {
+	switch {
+	case d.flushing == nil:
 		d.flushing = time.AfterFunc(burstQuiet, d.flushKicks)
-	} else {
+	case burst:
+		// Only further full batches extend a burst, so a steady stream of
+		// live messages cannot hold the pipeline back.
 		d.flushing.Reset(burstQuiet)
 	}
 	return true
