@@ -156,6 +156,11 @@ func (c *conn) run() {
 		}
 	}
 	c.uaid = uaid
+	// Draining from before attach: a message posted once c can receive live
+	// deliveries waits behind the stored ones (and behind the hello reply).
+	c.mu.Lock()
+	c.draining = true
+	c.mu.Unlock()
 	old, ok := s.hub.attach(c)
 	if !ok {
 		c.fail(protocol.CloseGoingAway, "server shutting down")
@@ -179,7 +184,6 @@ func (c *conn) run() {
 
 	reply, _ := protocol.Encode(&protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
 	c.mu.Lock()
-	c.draining = true
 	c.ping = time.AfterFunc(s.cfg.PingInterval, c.sendPing)
 	c.mu.Unlock()
 	if c.write(reply) != nil {
