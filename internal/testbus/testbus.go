@@ -1,19 +1,18 @@
 // Package testbus starts a private dbus-daemon for a test: a session-type bus
-// with an allow-all policy, optionally with a service directory for D-Bus
-// activation. It is used only by tests.
+// with an allow-all policy and a service directory for D-Bus activation. It
+// is used only by tests; internal/harness starts the same bus for programs.
 package testbus
 
 import (
-	"bufio"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/internal/harness"
 )
 
 // Bus is a running private dbus-daemon.
@@ -23,7 +22,6 @@ type Bus struct {
 	// ServiceDir is the directory searched for activatable .service files
 	// (empty unless WithServiceDir was used).
 	ServiceDir string
-	cmd        *exec.Cmd
 }
 
 // Option changes how the bus is started.
@@ -45,67 +43,17 @@ func Start(t testing.TB, opts ...Option) *Bus {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
+	if _, err := exec.LookPath("dbus-daemon"); err != nil {
 		t.Fatalf("dbus-daemon not found (make test installs it): %v", err)
 	}
-	dir := t.TempDir()
-	b := &Bus{}
-	servicedir := ""
-	if o.serviceDir {
-		b.ServiceDir = filepath.Join(dir, "services")
-		if err := os.MkdirAll(b.ServiceDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		servicedir = "<servicedir>" + b.ServiceDir + "</servicedir>"
-	}
-	sock := filepath.Join(dir, "bus")
-	conf := fmt.Sprintf(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=%s</listen>
-  %s
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-    <allow user="*"/>
-  </policy>
-  <limit name="reply_timeout">60000</limit>
-</busconfig>
-`, sock, servicedir)
-	confPath := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(daemon, "--config-file="+confPath, "--nofork", "--print-address=1")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
+	hb, err := harness.StartBus(filepath.Join(t.TempDir(), "bus"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
 		t.Fatalf("cannot start dbus-daemon: %v", err)
 	}
-	b.cmd = cmd
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		addr <- strings.TrimSpace(line)
-	}()
-	select {
-	case a := <-addr:
-		if a == "" {
-			t.Fatal("dbus-daemon printed no address")
-		}
-		b.Address = a
-	case <-time.After(20 * time.Second):
-		t.Fatal("dbus-daemon did not start within 20s")
+	t.Cleanup(hb.Close)
+	b := &Bus{Address: hb.Address}
+	if o.serviceDir {
+		b.ServiceDir = hb.ServiceDir
 	}
 	return b
 }
