@@ -1,7 +1,6 @@
 package notifications
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
+	"github.com/heraldpush/herald/internal/harness"
 	"github.com/heraldpush/herald/internal/testbus"
 )
 
@@ -33,33 +33,12 @@ func needTools(t *testing.T, names ...string) {
 // startXvfb starts Xvfb on a free display and returns ":N".
 func startXvfb(t *testing.T) string {
 	t.Helper()
-	r, w, err := os.Pipe()
+	display, p, err := harness.StartXvfb(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	cmd := exec.Command("Xvfb", "-displayfd", "3", "-nolisten", "tcp", "-screen", "0", "800x600x24")
-	cmd.ExtraFiles = []*os.File{w}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("cannot start Xvfb: %v", err)
-	}
-	w.Close()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(r).ReadString('\n')
-		line <- strings.TrimSpace(s)
-	}()
-	select {
-	case n := <-line:
-		if n == "" {
-			t.Fatal("Xvfb printed no display number")
-		}
-		return ":" + n
-	case <-time.After(waitFor):
-		t.Fatal("Xvfb did not start")
-	}
-	return ""
+	t.Cleanup(p.Kill)
+	return display
 }
 
 // startDunst runs dunst on display and the bus, and waits until it owns
@@ -73,13 +52,15 @@ func startDunst(t *testing.T, bus *testbus.Bus, display string) {
 	}
 	ch := make(chan *dbus.Signal, 10)
 	watch.Signal(ch)
-	cmd := exec.Command("dunst", "-config", filepath.Join("testdata", "dunstrc"))
-	cmd.Env = append(bus.Env(), "DISPLAY="+display, "WAYLAND_DISPLAY=", "XDG_RUNTIME_DIR="+t.TempDir())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("cannot start dunst: %v", err)
+	conf, err := filepath.Abs(filepath.Join("testdata", "dunstrc"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p, err := harness.StartDunst(t.TempDir(), bus.Address, display, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
 	deadline := time.After(waitFor)
 	for {
 		select {
@@ -87,6 +68,8 @@ func startDunst(t *testing.T, bus *testbus.Bus, display string) {
 			if len(s.Body) == 3 && s.Body[2] != "" {
 				return
 			}
+		case <-p.Done():
+			t.Fatalf("dunst exited:\n%s", p.Tail(2000))
 		case <-deadline:
 			t.Fatal("dunst did not take org.freedesktop.Notifications")
 		}

@@ -453,3 +453,40 @@ func (p *Proxy) Close() {
 	p.Cut()
 	p.wg.Wait()
 }
+
+// StartXvfb runs Xvfb on a free display (it picks the number itself) and
+// returns the display name ":N" and the process.
+func StartXvfb(dir string) (string, *Proc, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", nil, err
+	}
+	defer r.Close()
+	cmd := exec.Command("Xvfb", "-displayfd", "3", "-nolisten", "tcp", "-screen", "0", "800x600x24")
+	cmd.ExtraFiles = []*os.File{w}
+	p, err := start("Xvfb", cmd, filepath.Join(dir, "xvfb.log"))
+	w.Close()
+	if err != nil {
+		return "", nil, err
+	}
+	line, err := readLine(r, 30*time.Second)
+	n := strings.TrimSpace(line)
+	if err != nil || n == "" {
+		p.Kill()
+		return "", nil, fmt.Errorf("Xvfb printed no display number: %v\n%s", err, p.Tail(2000))
+	}
+	return ":" + n, p, nil
+}
+
+// StartDunst runs the dunst notification server with config on display and
+// the bus at busAddr. The caller waits for org.freedesktop.Notifications to
+// get its owner.
+func StartDunst(dir, busAddr, display, config string) (*Proc, error) {
+	rt := filepath.Join(dir, "dunst-runtime")
+	if err := os.MkdirAll(rt, 0o700); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("dunst", "-config", config)
+	cmd.Env = append(CleanEnv(), "DBUS_SESSION_BUS_ADDRESS="+busAddr, "DISPLAY="+display, "WAYLAND_DISPLAY=", "XDG_RUNTIME_DIR="+rt)
+	return start("dunst", cmd, filepath.Join(dir, "dunst.log"))
+}

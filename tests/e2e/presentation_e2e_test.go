@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/internal/harness"
 )
 
 // The tests in this file check presentation through the real heraldd (DESIGN
@@ -56,33 +56,12 @@ const e2eDunstrc = `[global]
 // startXvfbDisplay starts Xvfb on a free display and returns ":N".
 func startXvfbDisplay(t *testing.T) string {
 	t.Helper()
-	r, wr, err := os.Pipe()
+	display, p, err := harness.StartXvfb(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	cmd := exec.Command("Xvfb", "-displayfd", "3", "-nolisten", "tcp", "-screen", "0", "640x480x24")
-	cmd.ExtraFiles = []*os.File{wr}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("cannot start Xvfb: %v", err)
-	}
-	wr.Close()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(r).ReadString('\n')
-		line <- strings.TrimSpace(s)
-	}()
-	select {
-	case n := <-line:
-		if n == "" {
-			t.Fatal("Xvfb printed no display number")
-		}
-		return ":" + n
-	case <-time.After(30 * time.Second):
-		t.Fatal("Xvfb did not start within 30s")
-	}
-	return ""
+	t.Cleanup(p.Kill)
+	return display
 }
 
 // startDunstOn runs the real dunst on the world's bus and waits until it owns
@@ -94,20 +73,11 @@ func (w *world) startDunstOn(display string) {
 	if err := os.WriteFile(conf, []byte(e2eDunstrc), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rt := filepath.Join(t.TempDir(), "rt")
-	mkdir(t, rt)
-	cmd := exec.Command("dunst", "-config", conf)
-	cmd.Env = append(os.Environ(), "DBUS_SESSION_BUS_ADDRESS="+w.bus.Address, "DISPLAY="+display,
-		"WAYLAND_DISPLAY=", "XDG_RUNTIME_DIR="+rt)
-	logf, err := os.Create(filepath.Join(w.dir, "dunst.log"))
+	p, err := harness.StartDunst(w.dir, w.bus.Address, display, conf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("cannot start dunst: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
+	t.Cleanup(p.Kill)
 	w.waitName("org.freedesktop.Notifications", 30*time.Second)
 }
 
