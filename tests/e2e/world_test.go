@@ -335,18 +335,6 @@ func (f *fakeNotifications) CloseNotification(id uint32) *dbus.Error { return ni
 // exportNotifications puts a fake notification server on the bus.
 func (w *world) exportNotifications() *fakeNotifications {
 	w.t.Helper()
-	c, err := dbus.Connect(w.bus.Address)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.t.Cleanup(func() { c.Close() })
-	f := &fakeNotifications{shown: make(chan notifyCall, 1000)}
-	if err := c.Export(f, "/org/freedesktop/Notifications", "org.freedesktop.Notifications"); err != nil {
-		w.t.Fatal(err)
-	}
-	reply, err := c.RequestName("org.freedesktop.Notifications", dbus.NameFlagDoNotQueue)
-	if err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
-		w.t.Fatalf("cannot own org.freedesktop.Notifications: %v %v", reply, err)
-	}
+	f, _ := w.exportNotificationsConn()
 	return f
 }
