@@ -42,6 +42,7 @@ func TestImportRules(t *testing.T) {
 		banned  []string // third-party packages it must not reach
 	}{
 		{pkg: "protocol"},
+		{pkg: "protocol/lomiri"},
 		{pkg: "webpush"},
 		{pkg: "helpers"},
 		{pkg: "notifications"},
