@@ -363,8 +363,8 @@ func (c *conn) drain(ctx context.Context) error {
 
 		var msgs []*Message
 		var err error
-		if q, ok := c.s.store.(queuedDeleter); ok && noWait {
-			msgs, err = q.PendingBeyondAcks(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+		if noWait {
+			msgs, err = c.s.store.PendingBeyondAcks(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
 		} else {
 			msgs, err = c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
 		}
@@ -406,14 +406,6 @@ func (c *conn) markSent(r Ref, seq int64) {
 		c.unacked = make(map[Ref]int64, 4)
 	}
 	c.unacked[r] = seq
-}
-
-// queuedDeleter is a Store whose Delete returns before its commit and whose
-// Pending therefore waits for queued deletions of the device. It can also
-// read without that wait, for a caller that knows every message it acked is
-// at or below after.
-type queuedDeleter interface {
-	PendingBeyondAcks(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
 }
 
 // deliver sends a just-accepted message to the device at once, or leaves a

@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_uaid ON messages (uaid, seq);
 CREATE INDEX IF NOT EXISTS messages_chan ON messages (uaid, chid, version);
+CREATE TABLE IF NOT EXISTS routes (
+	uaid TEXT PRIMARY KEY,
+	node TEXT NOT NULL,
+	conn INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+) WITHOUT ROWID;
 `
 
 // SQLiteStore is the Store of a single server: one sqlite file in WAL mode,
@@ -98,6 +107,14 @@ var writerSQL = map[string]string{
 	"msgack":   `DELETE FROM messages WHERE uaid = ? AND chid = ? AND version = ?`,
 	"msgcanc":  `DELETE FROM messages WHERE id = ?`,
 	"sweep":    `DELETE FROM messages WHERE expiry <= ?`,
+	"routeget": `SELECT node, conn FROM routes WHERE uaid = ?`,
+	"routeset": `INSERT INTO routes (uaid, node, conn) VALUES (?, ?, ?) ON CONFLICT (uaid) DO UPDATE SET node = excluded.node, conn = excluded.conn`,
+	"routedel": `DELETE FROM routes WHERE uaid = ? AND node = ? AND conn = ?`,
+	"nodedel":  `DELETE FROM routes WHERE node = ?`,
+	"metaadd":  `INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)`,
+	"metaget":  `SELECT value FROM meta WHERE key = ?`,
+	"impmsg":   `INSERT OR IGNORE INTO messages (id, uaid, chid, version, topic, data, headers, expiry) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+	"impchan":  `INSERT OR IGNORE INTO channels (token, uaid, chid, vapid, created) VALUES (?, ?, ?, ?, ?)`,
 }
 
 // Sync says how far a commit goes before Put returns.
@@ -458,13 +475,9 @@ func (s *SQLiteStore) Channel(ctx context.Context, token string) (Channel, error
 
 // Put implements Store.
 func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (bool, int, error) {
-	var headers any
-	if len(m.Headers) > 0 {
-		b, err := json.Marshal(m.Headers)
-		if err != nil {
-			return false, 0, fmt.Errorf("cannot encode headers: %w", err)
-		}
-		headers = string(b)
+	headers, err := encodeHeaders(m.Headers)
+	if err != nil {
+		return false, 0, err
 	}
 	var stored bool
 	var dropped int
@@ -520,7 +533,7 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 	}
 	// A plain put has one write that matters (the insert): no savepoint needed.
 	plain := !o.ClearPending && !o.Replace && !o.KeepNewerVersion && o.RejectAt == 0
-	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+	err = s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
 		if plain {
 			return put(st)
 		}
@@ -669,4 +682,180 @@ func (s *SQLiteStore) Close() error {
 		st.Close()
 	}
 	return errors.Join(s.rdb.Close(), s.wdb.Close())
+}
+
+// ClaimRoute implements Store.
+func (s *SQLiteStore) ClaimRoute(ctx context.Context, uaid string, r Route) (Route, error) {
+	var prev Route
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		prev = Route{}
+		err := st("routeget").QueryRow(uaid).Scan(&prev.Node, &prev.Conn)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		_, err = st("routeset").Exec(uaid, r.Node, r.Conn)
+		return err
+	})
+	if err != nil {
+		return Route{}, fmt.Errorf("cannot claim route: %w", err)
+	}
+	return prev, nil
+}
+
+// Route implements Store.
+func (s *SQLiteStore) Route(ctx context.Context, uaid string) (Route, error) {
+	var r Route
+	err := s.rdb.QueryRowContext(ctx, `SELECT node, conn FROM routes WHERE uaid = ?`, uaid).Scan(&r.Node, &r.Conn)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Route{}, ErrNotFound
+	}
+	if err != nil {
+		return Route{}, fmt.Errorf("cannot look up route: %w", err)
+	}
+	return r, nil
+}
+
+// ClearRoute implements Store.
+func (s *SQLiteStore) ClearRoute(ctx context.Context, uaid string, r Route) error {
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		_, err := st("routedel").Exec(uaid, r.Node, r.Conn)
+		return err
+	})
+}
+
+// ClearNode implements Store.
+func (s *SQLiteStore) ClearNode(ctx context.Context, node string) (int, error) {
+	var n int64
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		res, err := st("nodedel").Exec(node)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
+// NodeSecret implements Store.
+func (s *SQLiteStore) NodeSecret(ctx context.Context) (string, error) {
+	var secret string
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		if _, err := st("metaadd").Exec(metaNodeSecret, newNodeSecret()); err != nil {
+			return err
+		}
+		return st("metaget").QueryRow(metaNodeSecret).Scan(&secret)
+	})
+	if err != nil {
+		return "", fmt.Errorf("cannot read node secret: %w", err)
+	}
+	return secret, nil
+}
+
+// Export implements Store.
+func (s *SQLiteStore) Export(ctx context.Context, now time.Time, fn func(Record) error) error {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT uaid FROM devices ORDER BY uaid`)
+	if err != nil {
+		return fmt.Errorf("cannot export devices: %w", err)
+	}
+	err = eachRow(rows, func() error {
+		var uaid string
+		if err := rows.Scan(&uaid); err != nil {
+			return err
+		}
+		return fn(Record{Device: uaid})
+	})
+	if err != nil {
+		return fmt.Errorf("cannot export devices: %w", err)
+	}
+	rows, err = s.rdb.QueryContext(ctx, `SELECT token, uaid, chid, vapid FROM channels ORDER BY rowid`)
+	if err != nil {
+		return fmt.Errorf("cannot export channels: %w", err)
+	}
+	err = eachRow(rows, func() error {
+		ch := &Channel{}
+		if err := rows.Scan(&ch.Token, &ch.UAID, &ch.ChannelID, &ch.Key); err != nil {
+			return err
+		}
+		return fn(Record{Channel: ch})
+	})
+	if err != nil {
+		return fmt.Errorf("cannot export channels: %w", err)
+	}
+	rows, err = s.rdb.QueryContext(ctx, `SELECT seq, id, uaid, chid, version, topic, data, headers, expiry FROM messages
+		WHERE expiry > ? ORDER BY seq`, ms(now))
+	if err != nil {
+		return fmt.Errorf("cannot export messages: %w", err)
+	}
+	err = eachRow(rows, func() error {
+		m := &Message{}
+		var headers sql.NullString
+		var exp int64
+		if err := rows.Scan(&m.Seq, &m.ID, &m.UAID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp); err != nil {
+			return err
+		}
+		m.Expiry = time.UnixMilli(exp)
+		if headers.Valid && headers.String != "" {
+			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
+				return fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+			}
+		}
+		return fn(Record{Message: m})
+	})
+	if err != nil {
+		return fmt.Errorf("cannot export messages: %w", err)
+	}
+	return nil
+}
+
+// eachRow calls fn for every row and closes rows.
+func eachRow(rows *sql.Rows, fn func() error) error {
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// Import implements Store.
+func (s *SQLiteStore) Import(ctx context.Context, recs []Record) error {
+	now := time.Now()
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		return atomically(tx, func() error {
+			for _, r := range recs {
+				var err error
+				switch {
+				case r.Device != "":
+					_, err = st("adddev").Exec(r.Device, ms(now))
+				case r.Channel != nil:
+					ch := r.Channel
+					_, err = st("impchan").Exec(ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), ms(now))
+				case r.Message != nil:
+					m := r.Message
+					var headers any
+					if headers, err = encodeHeaders(m.Headers); err == nil {
+						_, err = st("impmsg").Exec(m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry))
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("cannot import: %w", err)
+				}
+			}
+			return nil
+		})
+	})
+}
+
+// encodeHeaders returns the JSON text of headers, or nil for none.
+func encodeHeaders(h map[string]string) (any, error) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("cannot encode headers: %w", err)
+	}
+	return string(b), nil
 }

@@ -2,9 +2,21 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"time"
 )
+
+// metaNodeSecret is the key of the node secret in a store's meta table.
+const metaNodeSecret = "node_secret"
+
+// newNodeSecret returns 256 random bits, base64url.
+func newNodeSecret() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
 
 // Errors a Store returns that the server branches on.
 var (
@@ -65,8 +77,25 @@ type PutOptions struct {
 	DropOver int
 }
 
-// Store keeps devices, channels and pending messages. A networked store can
-// implement it to back several server nodes.
+// Route says which server node holds a device's websocket.
+type Route struct {
+	// Node is the base URL other nodes reach the node at (its --node-url).
+	Node string
+	// Conn identifies the connection on that node; a newer connection of the
+	// same device has another Conn.
+	Conn int64
+}
+
+// Record is one exported item of a store: exactly one field is set.
+type Record struct {
+	Device  string // a uaid
+	Channel *Channel
+	Message *Message
+}
+
+// Store keeps devices, channels, pending messages and the routes of
+// connected devices. SQLiteStore (one process) and PostgresStore (any number
+// of server nodes) implement all of it.
 type Store interface {
 	// Run does the background work (writes) until ctx ends, then flushes.
 	Run(ctx context.Context) error
@@ -84,16 +113,44 @@ type Store interface {
 	// Put stores m durably and sets m.Seq; it returns once committed.
 	// stored is false when KeepNewerVersion dropped m.
 	Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (stored bool, dropped int, err error)
-	// Pending returns up to limit unexpired messages of uaid with Seq > after, in Seq order.
+	// Pending returns up to limit unexpired messages of uaid with Seq > after,
+	// in Seq order. Messages handed to Delete are never returned.
 	Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
+	// PendingBeyondAcks is Pending for a caller that knows that every message
+	// it handed to Delete has a Seq at or below after: a store whose Delete
+	// returns before its commit need not wait for it. Otherwise as Pending.
+	PendingBeyondAcks(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error)
 	// Delete removes acknowledged messages. An implementation may return
 	// before the deletion is durable: a crash can then redeliver them
 	// (at-least-once delivery; devices dedup by version).
 	Delete(ctx context.Context, uaid string, refs []Ref) error
 	// Cancel deletes a pending message by id; ErrNotFound when absent.
 	Cancel(ctx context.Context, id string) error
-	// Sweep deletes expired messages and returns how many.
+	// Sweep deletes expired messages and returns how many. With several
+	// nodes on one store, one node sweeps at a time: the others return 0.
 	Sweep(ctx context.Context, now time.Time) (int, error)
+
+	// ClaimRoute makes r the route of uaid (a device connected to r.Node)
+	// and returns the route it replaced, the zero Route if there was none.
+	ClaimRoute(ctx context.Context, uaid string, r Route) (prev Route, err error)
+	// Route returns the route of uaid; ErrNotFound when it has none.
+	Route(ctx context.Context, uaid string) (Route, error)
+	// ClearRoute removes the route of uaid if it is still r.
+	ClearRoute(ctx context.Context, uaid string, r Route) error
+	// ClearNode removes every route to node and returns how many.
+	ClearNode(ctx context.Context, node string) (int, error)
+	// NodeSecret returns the secret that nodes authenticate their calls to
+	// each other with, made on first use and then the same for every node.
+	NodeSecret(ctx context.Context) (string, error)
+
+	// Export calls fn with every device, then every channel, then every
+	// message unexpired at now in Seq order.
+	Export(ctx context.Context, now time.Time, fn func(Record) error) error
+	// Import adds records as Export gives them (devices and channels before
+	// the messages that use them); existing devices and channels are kept.
+	// Messages get new Seqs in the order given.
+	Import(ctx context.Context, recs []Record) error
+
 	// Close releases the store; call it after Run has returned.
 	Close() error
 }
