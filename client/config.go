@@ -40,6 +40,10 @@ type Config struct {
 	// Durability is "full" (every commit survives a power loss, default)
 	// or "normal" (survives a crash of the daemon; faster).
 	Durability string `toml:"durability"`
+	// AppArmorFS is the AppArmor securityfs directory (default
+	// /sys/kernel/security/apparmor): when it exists, AppArmor is enabled and
+	// click helpers run under their profile through aa-exec.
+	AppArmorFS string `toml:"apparmor_securityfs"`
 
 	// Path is the file the configuration was read from ("" when none).
 	Path string `toml:"-"`
@@ -55,6 +59,7 @@ type Env struct {
 	StateHome  string   // $XDG_STATE_HOME
 	DataHome   string   // $XDG_DATA_HOME
 	DataDirs   []string // $XDG_DATA_DIRS
+	CacheHome  string   // $XDG_CACHE_HOME
 	RuntimeDir string   // $XDG_RUNTIME_DIR
 	Home       string
 	// WatchdogUSec is $WATCHDOG_USEC (systemd), 0 when unset.
@@ -93,6 +98,7 @@ func DefaultConfig() Config {
 		ReconnectMax:      Duration{5 * time.Minute},
 		Compression:       true,
 		Durability:        "full",
+		AppArmorFS:        "/sys/kernel/security/apparmor",
 	}
 }
 
@@ -123,6 +129,7 @@ func ReadEnv(getenv func(string) string) Env {
 	e.ConfigHome = orHome(getenv("XDG_CONFIG_HOME"), ".config")
 	e.StateHome = orHome(getenv("XDG_STATE_HOME"), ".local/state")
 	e.DataHome = orHome(getenv("XDG_DATA_HOME"), ".local/share")
+	e.CacheHome = orHome(getenv("XDG_CACHE_HOME"), ".cache")
 	e.ConfigDirs = list(getenv("XDG_CONFIG_DIRS"), "/etc/xdg")
 	e.DataDirs = list(getenv("XDG_DATA_DIRS"), "/usr/local/share:/usr/share")
 	e.SessionBus = getenv("DBUS_SESSION_BUS_ADDRESS")

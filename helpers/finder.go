@@ -38,6 +38,11 @@ type Helper struct {
 	AppID  string // the app id it was looked up for (or registered under, for List)
 	Exec   string // absolute path of the executable
 	Source string // the manifest, data file or directory it was found in
+	// Profile is the AppArmor helper profile of a click app's helper,
+	// <pkg>_<hook>_<version> (the click hook id), when the helper was found
+	// through the push-helper click hook; "" for Herald manifests and legacy
+	// helpers, which run unconfined as upstream's legacy helpers do.
+	Profile string
 }
 
 // Check reports whether the helper can be run: Exec exists and is a regular
@@ -159,7 +164,7 @@ func (f *Finder) Lookup(appID string) (Helper, bool) {
 			}
 			for _, key := range []string{id.base, id.pkg} {
 				if e, ok := data[key]; ok {
-					return Helper{AppID: appID, Exec: e.Exec, Source: p}, true
+					return Helper{AppID: appID, Exec: e.Exec, Source: p, Profile: hookProfile(e.HelperID)}, true
 				}
 			}
 		}
@@ -172,7 +177,7 @@ func (f *Finder) Lookup(appID string) (Helper, bool) {
 				p := filepath.Join(dir, name)
 				m, ok := f.manifest(p)
 				if ok && (m.AppID == "" || m.AppID == id.base) {
-					return Helper{AppID: appID, Exec: m.exec, Source: p}, true
+					return Helper{AppID: appID, Exec: m.exec, Source: p, Profile: hookProfile(strings.TrimSuffix(name, ".json"))}, true
 				}
 			}
 		}
@@ -244,6 +249,16 @@ func (f *Finder) List() []Helper {
 	}
 	slices.SortFunc(hs, func(a, b Helper) int { return strings.Compare(a.AppID, b.AppID) })
 	return hs
+}
+
+// hookProfile returns the click hook id <pkg>_<hook>_<version> when id is
+// one, else "".
+func hookProfile(id string) string {
+	parts := strings.Split(id, "_")
+	if len(parts) != 3 || !clickID.MatchString(id) {
+		return ""
+	}
+	return id
 }
 
 func (f *Finder) manifest(path string) (manifest, bool) {

@@ -12,7 +12,7 @@ import (
 
 func TestProcessLogsFailure(t *testing.T) {
 	e := newTestEnv(t)
-	e.install(t, "org.example.fail", "fail.sh")
+	e.install(t, "org.example.fail", "failempty.sh")
 	var buf bytes.Buffer
 	r := e.runner(Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if _, err := r.Process(context.Background(), "org.example.fail", "m7", []byte("secret-payload")); !errors.Is(err, ErrExit) {

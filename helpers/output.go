@@ -68,19 +68,22 @@ var (
 
 var jsonNull = []byte("null")
 
-// ParseOutput parses helper output JSON (the Lomiri schema). It is strict
-// about types: a field of the wrong type makes the whole output invalid.
-// Unknown fields are ignored, and a null field is the same as a missing one.
-// The output must be a JSON object with a "message" (any JSON value, kept
-// compacted) or a "notification" object, otherwise there is nothing to do
-// and the error wraps ErrBadOutput.
+// ParseOutput parses helper output JSON (the Lomiri schema) as leniently as
+// upstream's helper_output.go: the output must be a JSON object (or null);
+// "message" is any JSON value (kept compacted); "notification", its "tag",
+// "card" and "emblem-counter" are type-checked, and a wrong type there makes
+// the whole output invalid (the error wraps ErrBadOutput). "sound" and
+// "vibrate" are read as upstream reads them later: a value of another type
+// only means no sound or no vibration, never an invalid card. Unknown fields
+// are ignored, a null field is the same as a missing one, and {} is a valid
+// output with nothing to queue or show.
 func ParseOutput(b []byte) (*Output, error) {
+	if bytes.Equal(bytes.TrimSpace(b), jsonNull) {
+		return &Output{}, nil
+	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(b, &top); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadOutput, err)
-	}
-	if top == nil {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrBadOutput)
 	}
 	out := &Output{}
 	if m, ok := top["message"]; ok {
@@ -97,9 +100,6 @@ func ParseOutput(b []byte) (*Output, error) {
 		}
 		out.Notification = nt
 	}
-	if out.Message == nil && out.Notification == nil {
-		return nil, fmt.Errorf("%w: neither message nor notification", ErrBadOutput)
-	}
 	return out, nil
 }
 
@@ -115,12 +115,8 @@ func parseNotification(raw json.RawMessage) (*Notification, error) {
 	if n.Card, err = parseCard(obj["card"]); err != nil {
 		return nil, fmt.Errorf("card: %w", err)
 	}
-	if n.Sound, err = parseSound(obj["sound"]); err != nil {
-		return nil, fmt.Errorf("sound: %w", err)
-	}
-	if n.Vibrate, err = parseVibration(obj["vibrate"]); err != nil {
-		return nil, fmt.Errorf("vibrate: %w", err)
-	}
+	n.Sound = parseSound(obj["sound"])
+	n.Vibrate = parseVibration(obj["vibrate"])
 	if n.EmblemCounter, err = parseCounter(obj["emblem-counter"]); err != nil {
 		return nil, fmt.Errorf("emblem-counter: %w", err)
 	}
@@ -163,58 +159,53 @@ func parseCard(raw json.RawMessage) (*Card, error) {
 	return c, nil
 }
 
-func parseSound(raw json.RawMessage) (*Sound, error) {
-	if raw == nil || bytes.Equal(raw, jsonNull) {
-		return nil, nil
-	}
+// parseSound reads "sound" as upstream: true is the default sound, a
+// non-empty string a sound path, anything else (false, a number, an
+// object…) no sound.
+func parseSound(raw json.RawMessage) *Sound {
 	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return nil, err
+	if raw == nil || json.Unmarshal(raw, &v) != nil {
+		return nil
 	}
 	switch v := v.(type) {
 	case bool:
 		if v {
-			return &Sound{Default: true}, nil
+			return &Sound{Default: true}
 		}
-		return nil, nil
 	case string:
-		if v == "" {
-			return nil, nil
+		if v != "" {
+			return &Sound{Path: v}
 		}
-		return &Sound{Path: v}, nil
 	}
-	return nil, errors.New("want a boolean or a string")
+	return nil
 }
 
-func parseVibration(raw json.RawMessage) (*Vibration, error) {
+// parseVibration reads "vibrate" as upstream: true is the default
+// vibration, an object with a non-empty "pattern" of uint32 milliseconds
+// (and an optional uint32 "repeat", 0 meaning 1) a pattern; anything else,
+// including a wrongly typed pattern, no vibration.
+func parseVibration(raw json.RawMessage) *Vibration {
 	if raw == nil || bytes.Equal(raw, jsonNull) {
-		return nil, nil
+		return nil
 	}
 	var b bool
 	if err := json.Unmarshal(raw, &b); err == nil {
 		if b {
-			return &Vibration{Default: true}, nil
+			return &Vibration{Default: true}
 		}
-		return nil, nil
+		return nil
 	}
-	obj, err := object(raw)
-	if err != nil {
-		return nil, errors.New("want a boolean or an object")
+	var w struct {
+		Pattern []uint32 `json:"pattern"`
+		Repeat  uint32   `json:"repeat"`
 	}
-	v := &Vibration{}
-	if err := decode(obj["pattern"], &v.Pattern); err != nil {
-		return nil, fmt.Errorf("pattern: %w", err)
+	if err := json.Unmarshal(raw, &w); err != nil || len(w.Pattern) == 0 {
+		return nil
 	}
-	if err := decode(obj["repeat"], &v.Repeat); err != nil {
-		return nil, fmt.Errorf("repeat: %w", err)
+	if w.Repeat == 0 {
+		w.Repeat = 1
 	}
-	if len(v.Pattern) == 0 {
-		return nil, nil
-	}
-	if v.Repeat == 0 {
-		v.Repeat = 1
-	}
-	return v, nil
+	return &Vibration{Pattern: w.Pattern, Repeat: w.Repeat}
 }
 
 func parseCounter(raw json.RawMessage) (*EmblemCounter, error) {
@@ -293,8 +284,11 @@ func PayloadMessage(payload []byte) json.RawMessage {
 
 // PayloadOutput is the output for an app without a helper: the payload
 // itself when it is valid helper output, else RawOutput(payload).
+//
+// Lenient as ParseOutput is, a payload counts as helper output only when it
+// has a "message" or a "notification": {"data": 1} is queued as it is.
 func PayloadOutput(payload []byte) *Output {
-	if o, err := ParseOutput(payload); err == nil {
+	if o, err := ParseOutput(payload); err == nil && (o.Message != nil || o.Notification != nil) {
 		return o
 	}
 	return RawOutput(payload)

@@ -61,18 +61,50 @@ func TestParseOutput(t *testing.T) {
 	}
 }
 
+// TestParseOutputLenient checks what upstream accepts although Herald once
+// refused it: {} and null, unknown fields only, and a wrongly typed "sound"
+// or "vibrate", which only means no sound or no vibration.
+func TestParseOutputLenient(t *testing.T) {
+	card := &Card{Summary: "s"}
+	for _, tt := range []struct {
+		in   string
+		want *Output
+	}{
+		{`{}`, &Output{}},
+		{`null`, &Output{}},
+		{`{"other": 1}`, &Output{}},
+		{`{"notification": null}`, &Output{}},
+		{`{"message": null}`, &Output{Message: json.RawMessage(`null`)}},
+		{`{"notification": {"card": {"summary": "s"}, "sound": 1}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "sound": {}}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": "yes"}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [-1]}}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [4294967296]}}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [1], "repeat": -1}}, "message": 2}`,
+			&Output{Message: json.RawMessage(`2`), Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "sound": "a.ogg", "vibrate": {"pattern": [5, 6]}}}`,
+			&Output{Notification: &Notification{Card: card, Sound: &Sound{Path: "a.ogg"}, Vibrate: &Vibration{Pattern: []uint32{5, 6}, Repeat: 1}}}},
+	} {
+		got, err := ParseOutput([]byte(tt.in))
+		if err != nil {
+			t.Errorf("ParseOutput(%s) = %v, want accepted as upstream", tt.in, err)
+			continue
+		}
+		if d := cmp.Diff(tt.want, got); d != "" {
+			t.Errorf("ParseOutput(%s) (-want +got):\n%s", tt.in, d)
+		}
+	}
+}
+
 func TestParseOutputInvalid(t *testing.T) {
 	for _, in := range []string{
-		``, `null`, `[]`, `"message"`, `{`, `{}`, `{"other": 1}`, `{"notification": null}`,
+		``, `[]`, `"message"`, `{`,
 		`{"notification": 1}`, `{"notification": {"tag": 1}}`, `{"notification": {"card": []}}`,
 		`{"notification": {"card": {"summary": 5}}}`, `{"notification": {"card": {"summary": "s", "actions": "u"}}}`,
 		`{"notification": {"card": {"summary": "s", "actions": [1]}}}`,
 		`{"notification": {"card": {"summary": "s", "timestamp": 1.5}}}`,
 		`{"notification": {"card": {"summary": "s", "timestamp": "1"}}}`,
 		`{"notification": {"card": {"summary": "s", "popup": "yes"}}}`,
-		`{"notification": {"sound": 1}}`, `{"notification": {"sound": {}}}`,
-		`{"notification": {"vibrate": "yes"}}`, `{"notification": {"vibrate": {"pattern": [-1]}}}`,
-		`{"notification": {"vibrate": {"pattern": [4294967296]}}}`, `{"notification": {"vibrate": {"pattern": [1], "repeat": -1}}}`,
 		`{"notification": {"emblem-counter": {"count": 2147483648}}}`, `{"notification": {"emblem-counter": {"visible": 1}}}`,
 		`{"message": 1} trailing`,
 	} {

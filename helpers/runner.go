@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,7 +37,32 @@ type Config struct {
 	Logger      *slog.Logger  // nil discards
 	KillGrace   time.Duration // between SIGTERM and SIGKILL of a timed-out helper
 	Env         []string      // base environment of helpers; nil: this process's environment
+	// CacheHome is $XDG_CACHE_HOME: a click app's scratch files go to
+	// CacheHome/<pkg>/ (created 0700) as upstream, where the app's AppArmor
+	// profile lets its helper read and write; "" or other ids use TempDir.
+	CacheHome string
+	// AppArmor says how confined helpers are run.
+	AppArmor AppArmor
 }
+
+// AppArmor configures the confinement of click helpers (Helper.Profile set):
+// when AppArmor is enabled they run as `aa-exec -p <profile> -- exec in out`,
+// which is what lomiri-app-launch's helper-helper runs; a helper whose
+// profile is not loaded is refused. Legacy helpers and Herald manifests run
+// unconfined.
+type AppArmor struct {
+	// FS is the AppArmor securityfs directory; it exists only when AppArmor
+	// is enabled, and its "profiles" file lists the loaded profiles.
+	// Default /sys/kernel/security/apparmor.
+	FS string
+	// Exec is the aa-exec program, looked up on PATH when not absolute.
+	// Default "aa-exec".
+	Exec string
+}
+
+// ErrConfinement is wrapped by Process when a confined helper cannot be run
+// under its AppArmor profile.
+var ErrConfinement = errors.New("cannot confine helper")
 
 // Stats is the cost of one app's helper. Runs counts every run, Failures the
 // runs that gave no usable output (Timeouts included), Total their wall time.
@@ -91,6 +117,12 @@ func NewRunner(f *Finder, cfg Config) *Runner {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.AppArmor.FS == "" {
+		cfg.AppArmor.FS = "/sys/kernel/security/apparmor"
+	}
+	if cfg.AppArmor.Exec == "" {
+		cfg.AppArmor.Exec = "aa-exec"
+	}
 	base := cfg.Env
 	if base == nil {
 		base = os.Environ()
@@ -115,7 +147,8 @@ func NewRunner(f *Finder, cfg Config) *Runner {
 // Process runs appID's helper on payload (or parses the payload when the app has no helper) and always returns a
 // usable Output: on failure Output = {Message: raw payload} and err says why (ErrTimeout, ErrExit, ErrBadOutput…).
 //
-// A non-zero exit status is a failure even when the output file is valid.
+// As upstream, the exit status does not count when the output file is valid
+// (it is logged); without usable output a non-zero exit is the reason given.
 // When ctx ends, a waiting call returns and a running helper's process group
 // is killed; err is then ctx.Err(), and the message should be processed again
 // later.
@@ -253,12 +286,13 @@ type result struct {
 
 func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte) (*Output, result, error) {
 	var res result
-	in, err := r.tempFile(".in", payload)
+	dir := r.scratchDir(h.AppID)
+	in, err := r.tempFile(dir, payload)
 	if err != nil {
 		return nil, res, fmt.Errorf("%w: cannot create input file: %w", ErrStart, err)
 	}
 	defer os.Remove(in)
-	out, err := r.tempFile(".out", nil)
+	out, err := r.tempFile(dir, nil)
 	if err != nil {
 		return nil, res, fmt.Errorf("%w: cannot create output file: %w", ErrStart, err)
 	}
@@ -266,9 +300,13 @@ func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte
 
 	logs := &cappedBuffer{max: maxLogOutput}
 	env := append(r.env[:len(r.env):len(r.env)], "HERALD_APP_ID="+h.AppID, "HERALD_MESSAGE_ID="+msgID)
+	argv, err := r.command(h, in, out)
+	if err != nil {
+		return nil, res, err
+	}
 	cmd := &exec.Cmd{
-		Path:        h.Exec,
-		Args:        []string{h.Exec, in, out},
+		Path:        argv[0],
+		Args:        argv,
 		Env:         env,
 		Stdout:      logs,
 		Stderr:      logs,
@@ -276,7 +314,7 @@ func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte
 		WaitDelay:   r.cfg.KillGrace,
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, res, fmt.Errorf("%w %q: %w", ErrStart, h.Exec, err)
+		return nil, res, fmt.Errorf("%w %q: %w", ErrStart, argv[0], err)
 	}
 	k := &killer{pgid: cmd.Process.Pid, grace: r.cfg.KillGrace}
 	timer := time.AfterFunc(r.cfg.Timeout, k.timeout)
@@ -297,15 +335,68 @@ func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte
 	case res.timedOut:
 		return nil, res, fmt.Errorf("%w after %s", ErrTimeout, r.cfg.Timeout)
 	}
+	var exitErr error
 	var ee *exec.ExitError
 	if errors.As(werr, &ee) {
-		return nil, res, fmt.Errorf("%w: %s", ErrExit, ee.ProcessState)
-	}
-	if werr != nil && !errors.Is(werr, exec.ErrWaitDelay) {
-		return nil, res, fmt.Errorf("%w: %w", ErrExit, werr)
+		exitErr = fmt.Errorf("%w: %s", ErrExit, ee.ProcessState)
+	} else if werr != nil && !errors.Is(werr, exec.ErrWaitDelay) {
+		exitErr = fmt.Errorf("%w: %w", ErrExit, werr)
 	}
 	o, err := r.readOutput(out)
+	if err != nil && exitErr != nil {
+		return nil, res, fmt.Errorf("%w (%w)", exitErr, err)
+	}
+	if exitErr != nil {
+		r.log.Info("helper output used despite its exit status, as upstream", "app_id", h.AppID, "msg_id", msgID, "err", exitErr)
+	}
 	return o, res, err
+}
+
+// command is the argv that runs h on in and out: under aa-exec for a click
+// helper when AppArmor is enabled (see AppArmor), else the helper itself.
+func (r *Runner) command(h Helper, in, out string) ([]string, error) {
+	plain := []string{h.Exec, in, out}
+	if h.Profile == "" {
+		return plain, nil
+	}
+	profiles, err := os.ReadFile(filepath.Join(r.cfg.AppArmor.FS, "profiles"))
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(r.cfg.AppArmor.FS); errors.Is(serr, fs.ErrNotExist) {
+			return plain, nil // AppArmor is not enabled: nothing to confine with
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w %q under AppArmor profile %q: cannot read the loaded profiles: %w", ErrConfinement, h.Exec, h.Profile, err)
+	}
+	if !profileLoaded(profiles, h.Profile) {
+		return nil, fmt.Errorf("%w %q: AppArmor is enabled but profile %q is not loaded; helper refused", ErrConfinement, h.Exec, h.Profile)
+	}
+	aa, err := exec.LookPath(r.cfg.AppArmor.Exec)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q under AppArmor profile %q: %w", ErrConfinement, h.Exec, h.Profile, err)
+	}
+	return []string{aa, "-p", h.Profile, "--", h.Exec, in, out}, nil
+}
+
+// profileLoaded reports whether the securityfs "profiles" listing (lines
+// "<name> (<mode>)") holds name.
+func profileLoaded(list []byte, name string) bool {
+	for line := range strings.Lines(string(list)) {
+		n, _, ok := strings.Cut(strings.TrimRight(line, "\n"), " (")
+		if ok && n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// scratchDir is where the in and out files of appID's helper go: the click
+// package's cache dir as upstream, else TempDir.
+func (r *Runner) scratchDir(appID string) string {
+	if id, ok := parseAppID(appID); ok && id.pkg != "" && r.cfg.CacheHome != "" {
+		return filepath.Join(r.cfg.CacheHome, id.pkg)
+	}
+	return r.cfg.TempDir
 }
 
 func (r *Runner) readOutput(path string) (*Output, error) {
@@ -342,15 +433,15 @@ func (r *Runner) readOutput(path string) (*Output, error) {
 	return ParseOutput(b)
 }
 
-// tempFile creates a 0600 file in the temp dir holding content and returns
-// its path.
-func (r *Runner) tempFile(suffix string, content []byte) (string, error) {
-	fh, err := os.CreateTemp(r.cfg.TempDir, "herald-helper-*"+suffix)
+// tempFile creates a 0600 file "push-helper*" (upstream's prefix) in dir
+// holding content and returns its path.
+func (r *Runner) tempFile(dir string, content []byte) (string, error) {
+	fh, err := os.CreateTemp(dir, "push-helper*")
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(r.cfg.TempDir, 0o700); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", err
 		}
-		fh, err = os.CreateTemp(r.cfg.TempDir, "herald-helper-*"+suffix)
+		fh, err = os.CreateTemp(dir, "push-helper*")
 	}
 	if err != nil {
 		return "", err

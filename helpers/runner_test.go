@@ -123,7 +123,7 @@ func TestProcessFailures(t *testing.T) {
 		script  string
 		wantErr error
 	}{
-		{"fail.sh", ErrExit},
+		{"failempty.sh", ErrExit},
 		{"invalid.sh", ErrBadOutput},
 		{"nothing.sh", ErrNoOutput},
 		{"missing.sh", ErrStart},
@@ -151,6 +151,22 @@ func TestProcessFailures(t *testing.T) {
 				t.Errorf("Stats = %+v, want 1 run, 1 failure", st)
 			}
 		})
+	}
+	e.assertTempEmpty(t)
+}
+
+// TestProcessExitStatusIgnored: as upstream, a helper's exit status does not
+// count when its output file is valid.
+func TestProcessExitStatusIgnored(t *testing.T) {
+	e := newTestEnv(t)
+	e.install(t, "org.example.fail", "fail.sh")
+	r := e.runner(Config{})
+	got, err := r.Process(context.Background(), "org.example.fail", "m", []byte(`{"data": "raw"}`))
+	if err != nil {
+		t.Fatalf("Process error = %v, want the output used despite exit 3", err)
+	}
+	if d := cmp.Diff(&Output{Message: json.RawMessage(`"ok"`)}, got); d != "" {
+		t.Errorf("Process output (-want +got):\n%s", d)
 	}
 	e.assertTempEmpty(t)
 }

@@ -53,6 +53,7 @@ func run(ctx context.Context, cfg client.Config, logger *slog.Logger) error {
 	finder := helpers.NewFinder(helperDirs(cfg.Env), logger.With("part", "helpers"))
 	runner := helpers.NewRunner(finder, helpers.Config{
 		Concurrency: cfg.HelperConcurrency, Timeout: cfg.HelperTimeout.Duration, TempDir: tmp,
+		CacheHome: cfg.Env.CacheHome, AppArmor: helpers.AppArmor{FS: cfg.AppArmorFS},
 		Logger: logger.With("part", "helpers"),
 	})
 	pres := notifications.New(notifications.Options{
@@ -151,7 +152,7 @@ func helperDirs(env client.Env) helpers.Dirs {
 		DataHome:       env.DataHome,
 		DataDirs:       env.DataDirs,
 		LomiriDataHome: env.DataHome,
-		LegacyDirs:     []string{"/usr/lib/lomiri-push-service/legacy-helpers"},
+		LegacyDirs:     []string{"/usr/lib/lomiri-push-service/legacy-helpers", "/usr/lib/ubuntu-push-client/legacy-helpers"},
 	}
 }
 
