@@ -70,32 +70,41 @@ func (d *Daemon) UnregisterLomiri(ctx context.Context, appID string) error {
 	if err != nil {
 		return fmt.Errorf("cannot unregister %s: %w", appID, err)
 	}
-	return d.drop(ctx, r)
+	return d.drop(ctx, r, true)
 }
 
-func (d *Daemon) drop(ctx context.Context, r store.Registration) error {
+// drop deletes a registration; requested says the app asked for it (a
+// UnifiedPush v1 connector is then told with an empty token, as the v1
+// text says), else the app is informed with its token.
+func (d *Daemon) drop(ctx context.Context, r store.Registration, requested bool) error {
 	if err := d.st.DeleteRegistration(ctx, r.ChannelID); err != nil {
 		return err
 	}
 	d.dropReg(r.ChannelID)
 	d.unregisterLater(r.ChannelID)
 	d.log.Info("app unregistered", "app_id", r.AppID, "kind", r.Kind)
-	d.tellUnregistered(r)
+	d.tellUnregistered(r, requested)
 	return nil
 }
 
 // tellUnregistered confirms to a UnifiedPush connector that its registration
-// is gone, after the caller's reply (the connector may be the caller).
-func (d *Daemon) tellUnregistered(r store.Registration) {
+// is gone, after the caller's reply (the connector may be the caller). A
+// v1 (or older) connector's confirmation of its own request carries an
+// empty token; when it is informed, the token.
+func (d *Daemon) tellUnregistered(r store.Registration, requested bool) {
 	if r.Kind != store.KindUnifiedPush {
 		return
+	}
+	tok := r.UPToken
+	if requested && r.UPVersion < dbusapi.UPVersion2 {
+		tok = ""
 	}
 	bus := d.getBus()
 	if bus == nil {
 		return
 	}
 	d.goBackground(func(ctx context.Context) {
-		if err := bus.Unregistered(ctx, r.Service, r.UPToken, r.UPVersion); err != nil {
+		if err := bus.Unregistered(ctx, r.Service, tok, r.UPVersion); err != nil {
 			d.log.Warn("cannot tell app it is unregistered", "app_id", r.AppID, "service", r.Service, "err", err)
 		}
 	})
@@ -151,23 +160,25 @@ func (d *Daemon) SetCounter(ctx context.Context, appID string, count int32, visi
 }
 
 // RegisterUnifiedPush registers a connector token and returns its endpoint.
+// A registration of the token by another owner is never replaced
+// (dbusapi.ErrNotOwner); the owner's own Register with another service or
+// key starts over.
 func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistration) (string, error) {
 	v, err, _ := d.group.Do("up\x00"+u.Token, func() (any, error) {
 		r, err := d.st.UPRegistration(ctx, u.Token)
 		switch {
+		case err == nil && r.Owner != u.Owner:
+			return "", dbusapi.ErrNotOwner
 		case err == nil && (r.Service != u.Service || r.VAPID != u.VAPID):
-			// Another service reuses the token, or the key changed: start over.
-			if err := d.drop(ctx, r); err != nil {
+			// The owner moved the token to another service, or the key changed: start over.
+			if err := d.drop(ctx, r, false); err != nil {
 				return "", err
 			}
 			fallthrough
 		case errors.Is(err, store.ErrNotFound):
-			version := u.Version
-			if version == 0 {
-				version = 1
-			}
 			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: u.AppID, Kind: store.KindUnifiedPush,
-				Service: u.Service, UPToken: u.Token, UPVersion: version, VAPID: u.VAPID, Registered: d.now()}
+				Service: u.Service, UPToken: u.Token, UPVersion: u.Version, VAPID: u.VAPID, Registered: d.now(),
+				Owner: u.Owner, UPInstance: u.Instance, Registrant: u.Registrant}
 			if r.AppID == "" {
 				r.AppID = u.Service
 			}
@@ -178,8 +189,8 @@ func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistrati
 		case err != nil:
 			return "", err
 		}
-		if r.UPVersion != u.Version && u.Version != 0 {
-			r.UPVersion = u.Version
+		if r.UPVersion != u.Version || r.UPInstance != u.Instance || r.Registrant != u.Registrant {
+			r.UPVersion, r.UPInstance, r.Registrant = u.Version, u.Instance, u.Registrant
 			if err := d.st.PutRegistration(ctx, r); err != nil {
 				return "", err
 			}
@@ -201,7 +212,21 @@ func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistrati
 	return v.(string), nil
 }
 
-// UnregisterUnifiedPush drops the registration of a connector token.
+// UnifiedPushRegistration returns the registration of a connector token.
+func (d *Daemon) UnifiedPushRegistration(ctx context.Context, tok string) (dbusapi.UPRegistration, error) {
+	r, err := d.st.UPRegistration(ctx, tok)
+	if errors.Is(err, store.ErrNotFound) {
+		return dbusapi.UPRegistration{}, dbusapi.ErrNotRegistered
+	}
+	if err != nil {
+		return dbusapi.UPRegistration{}, err
+	}
+	return dbusapi.UPRegistration{AppID: r.AppID, Service: r.Service, Token: r.UPToken, VAPID: r.VAPID,
+		Version: r.UPVersion, Owner: r.Owner, Instance: r.UPInstance, Registrant: r.Registrant}, nil
+}
+
+// UnregisterUnifiedPush drops the registration of a connector token at the
+// app's request.
 func (d *Daemon) UnregisterUnifiedPush(ctx context.Context, tok string) error {
 	r, err := d.st.UPRegistration(ctx, tok)
 	if errors.Is(err, store.ErrNotFound) {
@@ -210,7 +235,7 @@ func (d *Daemon) UnregisterUnifiedPush(ctx context.Context, tok string) error {
 	if err != nil {
 		return fmt.Errorf("cannot unregister token: %w", err)
 	}
-	return d.drop(ctx, r)
+	return d.drop(ctx, r, true)
 }
 
 // Status returns the connection state.

@@ -345,7 +345,7 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 		}
 		d.dropReg(r.ChannelID)
 		d.unregisterLater(r.ChannelID)
-		d.tellUnregistered(r)
+		d.tellUnregistered(r, false)
 	}
 }
 

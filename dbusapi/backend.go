@@ -13,6 +13,18 @@ const (
 	KindUnifiedPush Kind = "unifiedpush"
 )
 
+// UnifiedPush connector interface versions a registration is served with.
+const (
+	// UPVersion0 is a connector of DBUS_0.1/0.2 (Register with two
+	// arguments): it expects NEW_ENDPOINT and Connector1.Message(s, s, s),
+	// the message as a string.
+	UPVersion0 = 0
+	// UPVersion1 is Connector1 of DBUS_0.3 (Message(s, ay, s)).
+	UPVersion1 = 1
+	// UPVersion2 is Connector2 (a{sv} methods).
+	UPVersion2 = 2
+)
+
 // UPRegistration is a UnifiedPush Register call, after the caller was identified.
 type UPRegistration struct {
 	AppID       string // app id of the caller (from its identity), or Service when unconfined
@@ -20,7 +32,19 @@ type UPRegistration struct {
 	Token       string // connector's token, 1..100 bytes
 	Description string
 	VAPID       string // optional base64url P-256 public key (87 chars)
-	Version     int    // 1 (Distributor1) or 2 (Distributor2)
+	Version     int    // UPVersion0, UPVersion1 or UPVersion2
+	// Owner is who may unregister or replace the registration:
+	// "<source>:<app id>" for a confined caller; "" for an unconfined one
+	// (then the connection that registered it, Registrant, or the current
+	// owner of Service on the bus, owns it).
+	Owner string
+	// Registrant is the connection that made the registration
+	// ("<bus id>/<unique name>"; unique names are never reused on one bus).
+	Registrant string
+	// Instance is the service argument as the connector sent it when it
+	// was not a bus name (Flutter's instance name, "default"); Service is
+	// then the caller's own well-known name.
+	Instance string
 }
 
 // Registration is one registration as the management interface shows it.
@@ -70,8 +94,15 @@ type Backend interface {
 
 	// UnifiedPush distributor. RegisterUnifiedPush returns the endpoint URL;
 	// the Service then calls NewEndpoint on the connector.
+	// RegisterUnifiedPush refuses (ErrNotOwner) to replace a registration
+	// of the token whose Owner differs.
 	RegisterUnifiedPush(ctx context.Context, r UPRegistration) (endpoint string, err error)
+	// UnregisterUnifiedPush drops the token's registration at the app's
+	// request (ErrNotRegistered when there is none).
 	UnregisterUnifiedPush(ctx context.Context, token string) error
+	// UnifiedPushRegistration returns the registration of a connector
+	// token (ErrNotRegistered when there is none).
+	UnifiedPushRegistration(ctx context.Context, token string) (UPRegistration, error)
 
 	// Management.
 	Status(ctx context.Context) Status
@@ -85,7 +116,7 @@ type Backend interface {
 type UPMessage struct {
 	Service string // connector bus name (activated when not running)
 	Token   string
-	Version int    // 1: Connector1.Message(s, ay, s); 2: Connector2.Message(a{sv})
+	Version int    // 0: Connector1.Message(s, s, s); 1: Connector1.Message(s, ay, s); 2: Connector2.Message(a{sv})
 	ID      string // message id passed to the app; v2 acks by echoing it
 	Body    []byte // raw push body, 1..4096 bytes
 }

@@ -16,6 +16,8 @@ var (
 	ErrOffline = errors.New("push server not reachable")
 	// ErrInvalid: the request is invalid (bad payload, limit exceeded…).
 	ErrInvalid = errors.New("invalid request")
+	// ErrNotOwner: the registration belongs to another caller.
+	ErrNotOwner = errors.New("registered by another app")
 )
 
 // apiError is an error with its D-Bus error name suffix, produced by the
@@ -52,6 +54,8 @@ func (s *Service) toDBusError(ifaceName string, err error) *dbus.Error {
 		name = "Offline"
 	case errors.Is(err, ErrInvalid):
 		name = "InvalidArgs"
+	case errors.Is(err, ErrNotOwner):
+		name = "AccessDenied"
 	case errors.Is(err, context.DeadlineExceeded):
 		name = "Timeout"
 	default:

@@ -87,6 +87,7 @@ type Service struct {
 	status   Status
 	closed   bool
 	signalCh chan *dbus.Signal
+	busID    string // the bus's GetId, once asked
 
 	// forgotten (guarded by mu), when set (tests), is called after a name's identity was
 	// dropped from the cache.

@@ -22,8 +22,10 @@ type fakeBackend struct {
 	mu     sync.Mutex
 	calls  []string
 	upRegs []UPRegistration
-	queue  map[string][]string
-	err    error // returned by every call when set
+	// byToken holds the current UnifiedPush registrations (guarded by mu).
+	byToken map[string]UPRegistration
+	queue   map[string][]string
+	err     error // returned by every call when set
 }
 
 func (f *fakeBackend) record(format string, args ...any) error {
@@ -84,12 +86,37 @@ func (f *fakeBackend) RegisterUnifiedPush(_ context.Context, r UPRegistration) (
 		return "", err
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ex, ok := f.byToken[r.Token]; ok && ex.Owner != r.Owner {
+		return "", ErrNotOwner
+	}
 	f.upRegs = append(f.upRegs, r)
-	f.mu.Unlock()
+	if f.byToken == nil {
+		f.byToken = map[string]UPRegistration{}
+	}
+	f.byToken[r.Token] = r
 	return "https://push.example/wpush/v1/" + r.Token, nil
 }
 func (f *fakeBackend) UnregisterUnifiedPush(_ context.Context, token string) error {
-	return f.record("UnregisterUnifiedPush %s", token)
+	if err := f.record("UnregisterUnifiedPush %s", token); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.byToken[token]; !ok {
+		return ErrNotRegistered
+	}
+	delete(f.byToken, token)
+	return nil
+}
+func (f *fakeBackend) UnifiedPushRegistration(_ context.Context, token string) (UPRegistration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := f.byToken[token]
+	if !ok {
+		return UPRegistration{}, ErrNotRegistered
+	}
+	return r, nil
 }
 func (f *fakeBackend) Status(context.Context) Status {
 	return Status{State: "idle", Server: "wss://push.example"}

@@ -101,27 +101,180 @@ func checkUPRegistration(r UPRegistration) error {
 	return nil
 }
 
+// ownerKey is the Owner recorded for a registration made by id.
+func ownerKey(id Identity) string {
+	if !id.Confined {
+		return ""
+	}
+	return string(id.Source) + ":" + id.AppID
+}
+
+// nameOwner returns the unique name owning a well-known name ("" when none).
+func (s *Service) nameOwner(ctx context.Context, name string) string {
+	conn, err := s.getConn()
+	if err != nil {
+		return ""
+	}
+	var owner string
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, name).Store(&owner); err != nil {
+		return ""
+	}
+	return owner
+}
+
+// maxNamesScanned bounds the names looked at to find a caller's own names.
+const maxNamesScanned = 4096
+
+// namesOf returns the well-known names the unique name sender owns, sorted.
+func (s *Service) namesOf(ctx context.Context, sender string) ([]string, error) {
+	conn, err := s.getConn()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.ListNames", 0).Store(&names); err != nil {
+		return nil, fmt.Errorf("cannot list bus names: %w", err)
+	}
+	var own []string
+	for i, n := range names {
+		if i >= maxNamesScanned {
+			break
+		}
+		if strings.HasPrefix(n, ":") || n == "org.freedesktop.DBus" {
+			continue
+		}
+		if s.nameOwner(ctx, n) == sender {
+			own = append(own, n)
+		}
+	}
+	slices.Sort(own)
+	return own, nil
+}
+
+// ownService picks the caller's own well-known name for a registration
+// whose service argument is not a bus name: one matching its app id first,
+// else the first of its names.
+func (s *Service) ownService(ctx context.Context, sender string, id Identity) (string, error) {
+	names, err := s.namesOf(ctx, sender)
+	if err != nil {
+		return "", err
+	}
+	if len(names) == 0 {
+		return "", errors.New("the caller owns no well-known bus name to call back")
+	}
+	if id.AppID != "" {
+		for _, n := range names {
+			if n == id.AppID || strings.HasPrefix(n, id.AppID+".") {
+				return n, nil
+			}
+		}
+	}
+	return names[0], nil
+}
+
+// mayNameService reports whether a confined caller may register service:
+// a name it owns on the bus now (the bus policy of its sandbox decides
+// which it may own), its own app id, or for Flatpak a name below its app
+// id (Flatpak exports those).
+func (s *Service) mayNameService(ctx context.Context, sender string, id Identity, service string) bool {
+	switch {
+	case service == id.AppID:
+		return true
+	case id.Source == SourceFlatpak && strings.HasPrefix(service, id.AppID+"."):
+		return true
+	}
+	return s.nameOwner(ctx, service) == sender
+}
+
+// registrant names the connection sender for as long as the bus lives:
+// "<bus id>/<unique name>" ("" when the bus id is unknown).
+func (s *Service) registrant(ctx context.Context, sender string) string {
+	s.mu.Lock()
+	id := s.busID
+	s.mu.Unlock()
+	if id == "" {
+		conn, err := s.getConn()
+		if err != nil {
+			return ""
+		}
+		if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetId", 0).Store(&id); err != nil || id == "" {
+			return ""
+		}
+		s.mu.Lock()
+		s.busID = id
+		s.mu.Unlock()
+	}
+	return id + "/" + sender
+}
+
+// ownsUP reports whether the caller may unregister or replace ex.
+func (s *Service) ownsUP(ctx context.Context, sender string, id Identity, ex UPRegistration) bool {
+	if ex.Owner != "" || id.Confined {
+		return id.Confined && ownerKey(id) == ex.Owner
+	}
+	if ex.Registrant != "" && ex.Registrant == s.registrant(ctx, sender) {
+		return true
+	}
+	return s.nameOwner(ctx, ex.Service) == sender
+}
+
+// authorizeUP identifies the caller of a distributor method and applies
+// the rules that hold for every method.
+func (s *Service) authorizeUP(ctx context.Context, c *call) (Identity, error) {
+	id, err := s.callerIdentity(ctx, c.sender)
+	if err != nil {
+		return Identity{}, failUP(ReasonInternal, "cannot identify caller: %v", err)
+	}
+	if err := s.sameUser(c.iface, id); err != nil {
+		return Identity{}, err
+	}
+	switch {
+	case id.Confined && id.AppID == "":
+		return Identity{}, failUP(ReasonUnauthorized, "%s may not use push notifications", id)
+	case !id.Confined && s.cfg.RequireConfinement:
+		return Identity{}, failUP(ReasonUnauthorized, "%s refused, only confined apps are accepted (require_confinement)", id)
+	}
+	return id, nil
+}
+
 // registerUP runs one Register call (either interface version) and returns
 // the endpoint; errors are *upFailure or AccessDenied.
 func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (string, error) {
-	id, err := s.callerIdentity(ctx, c.sender)
+	id, err := s.authorizeUP(ctx, c)
 	if err != nil {
-		return "", failUP(ReasonInternal, "cannot identify caller: %v", err)
-	}
-	if err := s.sameUser(c.iface, id); err != nil {
 		return "", err
+	}
+	if !ValidBusName(r.Service) {
+		// Flutter's connector sends its instance name ("default"): call
+		// back the caller's own well-known name, and keep both.
+		if r.Service == "" || len(r.Service) > 255 || !utf8.ValidString(r.Service) {
+			return "", failUP(ReasonInternal, "invalid service name %q", truncate(r.Service, 80))
+		}
+		own, err := s.ownService(ctx, c.sender, id)
+		if err != nil {
+			return "", failUP(ReasonInternal, "service %q is not a bus name and %v", truncate(r.Service, 80), err)
+		}
+		r.Instance, r.Service = r.Service, own
 	}
 	if err := checkUPRegistration(r); err != nil {
 		return "", err
 	}
-	switch {
-	case id.Confined && id.AppID == "":
-		return "", failUP(ReasonUnauthorized, "%s may not use push notifications", id)
-	case id.Confined && id.Source == SourceFlatpak && r.Service != id.AppID && !strings.HasPrefix(r.Service, id.AppID+"."):
+	if id.Confined && !s.mayNameService(ctx, c.sender, id, r.Service) {
 		return "", failUP(ReasonUnauthorized, "%s may not register service %q", id, r.Service)
-	case !id.Confined && s.cfg.RequireConfinement:
-		return "", failUP(ReasonUnauthorized, "%s refused, only confined apps are accepted", id)
 	}
+	ex, err := s.backend.UnifiedPushRegistration(ctx, r.Token)
+	switch {
+	case err == nil:
+		if !s.ownsUP(ctx, c.sender, id, ex) {
+			s.log.Warn("unifiedpush token of another app refused", "service", r.Service, "owner_service", ex.Service, "caller", id.String())
+			return "", failUP(ReasonUnauthorized, "the token is registered by another app")
+		}
+	case errors.Is(err, ErrNotRegistered):
+	default:
+		return "", failUP(ReasonInternal, "cannot read registration: %v", err)
+	}
+	r.Owner = ownerKey(id)
+	r.Registrant = s.registrant(ctx, c.sender)
 	r.AppID = id.AppID
 	if r.AppID == "" {
 		r.AppID = r.Service
@@ -136,11 +289,13 @@ func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (st
 			reason = ReasonActionRequired
 		case errors.Is(err, ErrVAPIDRequired):
 			reason = ReasonVAPIDRequired
+		case errors.Is(err, ErrNotOwner):
+			reason = ReasonUnauthorized
 		}
 		s.log.Warn("unifiedpush registration failed", "app_id", r.AppID, "service", r.Service, "reason", reason, "err", err)
 		return "", failUP(reason, "registration failed: %v", err)
 	}
-	s.log.Info("app registered", "app_id", r.AppID, "kind", string(KindUnifiedPush), "service", r.Service, "version", r.Version)
+	s.log.Info("app registered", "app_id", r.AppID, "kind", string(KindUnifiedPush), "service", r.Service, "instance", r.Instance, "version", r.Version)
 	// NewEndpoint goes out once the Register reply was written.
 	c.afterReply = func() { s.goNewEndpoint(r.Service, r.Token, endpoint, r.Version) }
 	return endpoint, nil
@@ -159,9 +314,13 @@ func (s *Service) goNewEndpoint(service, token, endpoint string, version int) {
 func (s *Service) distributor1Iface() *iface {
 	return newIface("org.unifiedpush.Distributor1",
 		&member{name: "Register", in: []string{"sss", "ss", "ssss"}, out: "ss", handle: func(ctx context.Context, c *call) ([]any, error) {
-			r := UPRegistration{Version: 1}
+			r := UPRegistration{Version: UPVersion1}
 			r.Service, _ = c.args[0].(string)
 			r.Token, _ = c.args[1].(string)
+			if len(c.args) == 2 {
+				// DBUS_0.1/0.2: NEW_ENDPOINT, and messages as strings.
+				r.Version = UPVersion0
+			}
 			if len(c.args) > 2 {
 				r.Description, _ = c.args[2].(string)
 			}
@@ -187,18 +346,33 @@ func (s *Service) distributor1Iface() *iface {
 	)
 }
 
+// unregisterUP drops the caller's registration of token. An unknown token
+// is success with nothing to do (the spec and KUnifiedPush answer {}); a
+// token of another caller is refused.
 func (s *Service) unregisterUP(ctx context.Context, c *call, token string) error {
-	id, err := s.callerIdentity(ctx, c.sender)
-	if err != nil {
-		return err
+	id, err := s.authorizeUP(ctx, c)
+	var f *upFailure
+	if errors.As(err, &f) {
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s", f.msg)
 	}
-	if err := s.sameUser(c.iface, id); err != nil {
+	if err != nil {
 		return err
 	}
 	if token == "" || len(token) > MaxUPToken {
 		return s.errorf(c.iface, "InvalidArgs", "token must be 1 to %d bytes", MaxUPToken)
 	}
-	if err := s.backend.UnregisterUnifiedPush(ctx, token); err != nil {
+	ex, err := s.backend.UnifiedPushRegistration(ctx, token)
+	switch {
+	case errors.Is(err, ErrNotRegistered):
+		return nil
+	case err != nil:
+		return fmt.Errorf("cannot unregister: %w", err)
+	}
+	if !s.ownsUP(ctx, c.sender, id, ex) {
+		s.log.Warn("unregister of another app's unifiedpush token refused", "owner_service", ex.Service, "caller", id.String())
+		return s.errorf(c.iface, "AccessDenied", "access denied: the token is registered by another app")
+	}
+	if err := s.backend.UnregisterUnifiedPush(ctx, token); err != nil && !errors.Is(err, ErrNotRegistered) {
 		return fmt.Errorf("cannot unregister: %w", err)
 	}
 	return nil
@@ -280,15 +454,22 @@ func (s *Service) connector(ctx context.Context, service string) (dbus.BusObject
 }
 
 // DeliverUnifiedPush gives one message to the app's connector, starting it
-// by D-Bus activation. Version 1 calls Connector1.Message without waiting
-// (acked means the call was sent); version 2 calls Connector2.Message and
-// acked is true only when the reply's "id" equals m.ID.
+// by D-Bus activation. Versions 0 and 1 call Connector1.Message without
+// waiting (acked means the call was sent; version 0 passes the message as a
+// string, so a body that is not UTF-8 cannot be given to it: ErrInvalid).
+// Version 2 calls Connector2.Message and acked is true for any successful
+// reply that does not name another message: the echoed id, a reply with no
+// values (Flutter's unifiedpush_linux) or {}. An error or a timeout is
+// "not delivered".
 func (s *Service) DeliverUnifiedPush(ctx context.Context, m UPMessage) (acked bool, err error) {
 	if len(m.Body) < 1 || len(m.Body) > MaxUPMessage {
 		return false, fmt.Errorf("%w: unifiedpush message must be 1 to %d bytes, got %d", ErrInvalid, MaxUPMessage, len(m.Body))
 	}
 	if m.Token == "" {
 		return false, fmt.Errorf("%w: empty token", ErrInvalid)
+	}
+	if m.Version == UPVersion0 && (!utf8.Valid(m.Body) || slices.Contains(m.Body, 0)) {
+		return false, fmt.Errorf("%w: a pre-0.3 connector takes messages as strings and this one is binary", ErrInvalid)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
 	defer cancel()
@@ -297,24 +478,39 @@ func (s *Service) DeliverUnifiedPush(ctx context.Context, m UPMessage) (acked bo
 		return false, err
 	}
 	switch m.Version {
-	case 1:
-		call := obj.CallWithContext(ctx, "org.unifiedpush.Connector1.Message", dbus.FlagNoReplyExpected, m.Token, m.Body, m.ID)
+	case UPVersion0, UPVersion1:
+		var body any = m.Body
+		if m.Version == UPVersion0 {
+			body = string(m.Body)
+		}
+		call := obj.CallWithContext(ctx, "org.unifiedpush.Connector1.Message", dbus.FlagNoReplyExpected, m.Token, body, m.ID)
 		if call.Err != nil {
 			return false, fmt.Errorf("cannot send message to %s: %w", m.Service, call.Err)
 		}
 		return true, nil
-	case 2:
+	case UPVersion2:
 		args := map[string]dbus.Variant{
 			"token":   dbus.MakeVariant(m.Token),
 			"message": dbus.MakeVariant(m.Body),
 			"id":      dbus.MakeVariant(m.ID),
 		}
-		var res map[string]dbus.Variant
-		if err := obj.CallWithContext(ctx, "org.unifiedpush.Connector2.Message", 0, args).Store(&res); err != nil {
-			return false, fmt.Errorf("cannot deliver message to %s: %w", m.Service, err)
+		call := obj.CallWithContext(ctx, "org.unifiedpush.Connector2.Message", 0, args)
+		if call.Err != nil {
+			return false, fmt.Errorf("cannot deliver message to %s: %w", m.Service, call.Err)
 		}
-		id, _ := res["id"].Value().(string)
-		return m.ID != "" && id == m.ID, nil
+		if len(call.Body) == 0 {
+			return true, nil // Flutter: a reply with no values
+		}
+		res, ok := call.Body[0].(map[string]dbus.Variant)
+		if !ok {
+			return true, nil // a successful reply of another shape still says "received"
+		}
+		if v, ok := res["id"]; ok {
+			if id, _ := v.Value().(string); id != m.ID {
+				return false, fmt.Errorf("connector %s answered with the id of another message", m.Service)
+			}
+		}
+		return true, nil
 	}
 	return false, fmt.Errorf("%w: unknown unifiedpush version %d", ErrInvalid, m.Version)
 }
@@ -343,9 +539,9 @@ func (s *Service) notifyConnector(ctx context.Context, service string, version i
 	}
 	var call *dbus.Call
 	switch version {
-	case 1:
+	case UPVersion0, UPVersion1:
 		call = obj.CallWithContext(ctx, "org.unifiedpush.Connector1."+member, dbus.FlagNoReplyExpected, v1...)
-	case 2:
+	case UPVersion2:
 		call = obj.CallWithContext(ctx, "org.unifiedpush.Connector2."+member, dbus.FlagNoReplyExpected, v2)
 	default:
 		return fmt.Errorf("unknown unifiedpush version %d", version)

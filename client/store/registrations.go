@@ -20,14 +20,22 @@ type Registration struct {
 	VAPID      string // VAPID public key the channel is restricted to
 	Stale      bool   // the server forgot it (new uaid): register again
 	Registered time.Time
+	// Owner is who may unregister or replace a UnifiedPush registration
+	// ("<source>:<app id>" of a confined app, "" for an unconfined one).
+	Owner string
+	// UPInstance is the service argument the connector sent when it was
+	// not a bus name (Service is then the caller's own name).
+	UPInstance string
+	// Registrant is the bus connection that registered it ("<bus id>/<unique name>").
+	Registrant string
 }
 
-const regColumns = "channel_id, app_id, kind, endpoint, service, up_token, up_version, vapid, stale, registered"
+const regColumns = "channel_id, app_id, kind, endpoint, service, up_token, up_version, vapid, stale, registered, owner, up_instance, registrant"
 
 func scanRegistration(sc interface{ Scan(...any) error }) (Registration, error) {
 	var r Registration
 	var reg int64
-	err := sc.Scan(&r.ChannelID, &r.AppID, &r.Kind, &r.Endpoint, &r.Service, &r.UPToken, &r.UPVersion, &r.VAPID, &r.Stale, &reg)
+	err := sc.Scan(&r.ChannelID, &r.AppID, &r.Kind, &r.Endpoint, &r.Service, &r.UPToken, &r.UPVersion, &r.VAPID, &r.Stale, &reg, &r.Owner, &r.UPInstance, &r.Registrant)
 	r.Registered = fromMilli(reg)
 	return r, err
 }
@@ -41,11 +49,11 @@ func (s *Store) PutRegistration(ctx context.Context, r Registration) error {
 	if r.Registered.IsZero() {
 		r.Registered = time.Now()
 	}
-	_, err := s.exec(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?)"+
+	_, err := s.exec(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"+
 		" ON CONFLICT(channel_id) DO UPDATE SET app_id = excluded.app_id, kind = excluded.kind, endpoint = excluded.endpoint,"+
 		" service = excluded.service, up_token = excluded.up_token, up_version = excluded.up_version, vapid = excluded.vapid,"+
-		" stale = excluded.stale, registered = excluded.registered",
-		r.ChannelID, r.AppID, r.Kind, r.Endpoint, r.Service, r.UPToken, r.UPVersion, r.VAPID, r.Stale, unixMilli(r.Registered))
+		" stale = excluded.stale, registered = excluded.registered, owner = excluded.owner, up_instance = excluded.up_instance, registrant = excluded.registrant",
+		r.ChannelID, r.AppID, r.Kind, r.Endpoint, r.Service, r.UPToken, r.UPVersion, r.VAPID, r.Stale, unixMilli(r.Registered), r.Owner, r.UPInstance, r.Registrant)
 	if err != nil {
 		return fmt.Errorf("cannot store registration of %q: %w", r.AppID, err)
 	}

@@ -20,7 +20,7 @@ import (
 )
 
 // SchemaVersion is the user_version this package writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // ErrNewerSchema is returned by Open for a database written by a newer version.
 var ErrNewerSchema = errors.New("database schema is newer than this program")
@@ -99,6 +99,13 @@ CREATE TABLE counters (
 	name  TEXT PRIMARY KEY,
 	value INTEGER NOT NULL
 );
+`,
+	// 2: who owns a UnifiedPush registration, and the service argument a
+	// connector sent when it was not a bus name.
+	`
+ALTER TABLE registrations ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE registrations ADD COLUMN up_instance TEXT NOT NULL DEFAULT '';
+ALTER TABLE registrations ADD COLUMN registrant TEXT NOT NULL DEFAULT '';
 `,
 }
 
