@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"math"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -107,6 +106,11 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request, token string) (
 		s.pushFail(w, newPushError(503, errnoUnavailable, "store unavailable, retry later"))
 		return Channel{}, false
 	}
+	if IsLomiriUAID(ch.UAID) {
+		// A Lomiri device takes JSON from /notify, not Web Push bodies.
+		s.pushFail(w, newPushError(404, errnoNotFound, "a Lomiri token: post to /notify"))
+		return Channel{}, false
+	}
 	if e := s.checkVAPID(r, ch); e != nil {
 		s.pushFail(w, e)
 		return Channel{}, false
@@ -117,6 +121,18 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request, token string) (
 // accept stores m (unless TTL 0) and hands it to the device if connected.
 func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) error {
 	now := s.now()
+	if IsLomiriUAID(m.UAID) {
+		// Lomiri devices take stored messages only (expire_on is in the future).
+		start := time.Now()
+		_, _, err := s.store.Put(r.Context(), m, o, now)
+		s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
+		if err != nil {
+			return err
+		}
+		s.metrics.accepted.WithLabelValues(api).Inc()
+		s.kickLomiri(m.UAID)
+		return nil
+	}
 	if !m.Expiry.After(now) {
 		// TTL 0: only a device connected now gets it.
 		if c := s.hub.get(m.UAID); c != nil {
@@ -274,34 +290,8 @@ func notifyFail(w http.ResponseWriter, e *notifyError) { writeJSON(w, e.Status, 
 
 // handleNotify is the Lomiri/Ubuntu Push POST /notify.
 func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		notifyFail(w, newNotifyError(405, "invalid-request", "Wrong request method, should be POST"))
-		return
-	}
-	if r.ContentLength < 0 {
-		notifyFail(w, newNotifyError(411, "invalid-request", "A Content-Length must be provided"))
-		return
-	}
-	if r.ContentLength == 0 {
-		notifyFail(w, newNotifyError(400, "invalid-request", "Request body empty"))
-		return
-	}
-	if r.ContentLength > protocol.MaxBodyBytes {
-		notifyFail(w, newNotifyError(413, "invalid-request", "Request body too large"))
-		return
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		notifyFail(w, newNotifyError(415, "invalid-request", "Wrong content type, should be application/json"))
-		return
-	}
-	body, ok, err := readBody(r)
-	if err != nil {
-		notifyFail(w, newNotifyError(400, "io-error", "Could not read request body"))
-		return
-	}
+	body, ok := lomiriBody(w, r)
 	if !ok {
-		notifyFail(w, newNotifyError(413, "invalid-request", "Request body too large"))
 		return
 	}
 	now := s.now()
@@ -324,8 +314,9 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 		notifyFail(w, newNotifyError(503, "unavailable", "Could not resolve token"))
 		return
 	}
-	if ch.Key != nil {
-		// A VAPID-restricted channel takes only signed Web Push.
+	if ch.Key != nil || (IsLomiriUAID(ch.UAID) && !sameLomiriApp(ch.ChannelID, req.AppID)) {
+		// A VAPID-restricted channel takes only signed Web Push; a Lomiri
+		// token belongs to the app it was registered for.
 		notifyFail(w, newNotifyError(401, "unauthorized", "Unauthorized"))
 		return
 	}
@@ -335,7 +326,7 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	}
 	id := newMessageID()
 	m := &Message{ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Data: req.Data, Expiry: exp}
-	o := PutOptions{ClearPending: req.ClearPending, RejectAt: MaxNotifyPending}
+	o := PutOptions{ClearPending: req.ClearPending, RejectAt: s.cfg.NotifyMaxPending}
 	if req.ReplaceTag != "" {
 		m.Topic = notifyTagPrefix + req.ReplaceTag
 		o.Replace = true
@@ -343,9 +334,14 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	if req.ClearPending {
 		o.RejectAt = 0
 	}
+	var limitErr *PendingLimitError
 	switch err := s.accept(r, m, o, "notify"); {
 	case errors.Is(err, ErrTooManyPending):
-		notifyFail(w, newNotifyError(413, "too-many-pending", "Too many pending notifications for this application"))
+		e := newNotifyError(413, "too-many-pending", "Too many pending notifications for this application")
+		if errors.As(err, &limitErr) && json.Valid(limitErr.Last) {
+			e.Extra = json.RawMessage(limitErr.Last)
+		}
+		notifyFail(w, e)
 	case err != nil:
 		s.log.Error("cannot store message", "err", err)
 		notifyFail(w, newNotifyError(503, "unavailable", "Could not store notification"))

@@ -126,9 +126,10 @@ const MaxNotifyPending = 100
 
 // notifyError is an error answer of /notify: {"error": label, "message": …}.
 type notifyError struct {
-	Status  int    `json:"-"`
-	Label   string `json:"error"`
-	Message string `json:"message"`
+	Status  int             `json:"-"`
+	Label   string          `json:"error"`
+	Message string          `json:"message"`
+	Extra   json.RawMessage `json:"extra,omitempty"`
 }
 
 func newNotifyError(status int, label, msg string) *notifyError {

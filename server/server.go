@@ -61,6 +61,19 @@ type Config struct {
 	MaxPending int
 	// SweepInterval is how often expired messages are swept (default 1 min).
 	SweepInterval time.Duration
+	// NotifyMaxPending is how many unexpired messages one app (token) may
+	// have pending through /notify before 413 too-many-pending (default
+	// MaxNotifyPending, 100).
+	NotifyMaxPending int
+	// LomiriPingInterval is the idle time after which a Lomiri device is
+	// pinged (default 5 min), LomiriExchangeTimeout how long its answer to
+	// a message may take (default 30 s).
+	LomiriPingInterval, LomiriExchangeTimeout time.Duration
+	// LomiriHosts and LomiriDomain are what GET /delivery-hosts answers: the
+	// host:port list of the Lomiri listener and the TLS server name devices
+	// check. No hosts: /delivery-hosts answers 404.
+	LomiriHosts  []string
+	LomiriDomain string
 	// Logger receives the server's logs (default: discarded).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -81,6 +94,7 @@ type Server struct {
 	tokenRL  *limiter
 	ipRL     *limiter
 	hub      hub
+	lomiri   lhub
 	tokens   tokenCache
 	frames   sync.Pool // *[]byte buffers for notification frames (gorilla copies them)
 }
@@ -96,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = protocol.MaxPendingPerChannel
+	}
+	if cfg.NotifyMaxPending <= 0 {
+		cfg.NotifyMaxPending = MaxNotifyPending
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
@@ -171,6 +188,10 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /wpush/v1/{token}", s.handleSimplePush)
 	mux.HandleFunc("DELETE /m/{id}", s.handleCancel)
 	mux.HandleFunc("/notify", s.handleNotify)
+	mux.HandleFunc("/register", s.handleLomiriRegister)
+	mux.HandleFunc("/unregister", s.handleLomiriUnregister)
+	mux.HandleFunc("/broadcast", s.handleBroadcast)
+	mux.HandleFunc("/delivery-hosts", s.handleDeliveryHosts)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -222,6 +243,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("http shutdown incomplete", "err", e)
 	}
 	s.hub.closeAll(protocol.CloseGoingAway, "server shutting down")
+	s.lomiri.closeAll()
 	stopBG()
 	bg.Wait()
 	stopStore()
@@ -263,15 +285,16 @@ func (s *Server) sweep(ctx context.Context) {
 
 // metrics are the server's Prometheus collectors, on a registry of their own.
 type metrics struct {
-	reg           *prometheus.Registry
-	connected     prometheus.Gauge
-	accepted      *prometheus.CounterVec
-	delivered     prometheus.Counter
-	expired       prometheus.Counter
-	dropped       prometheus.Counter
-	storeSeconds  *prometheus.HistogramVec
-	commitSeconds prometheus.Histogram
-	commitOps     prometheus.Histogram
+	reg             *prometheus.Registry
+	connected       prometheus.Gauge
+	lomiriConnected prometheus.Gauge
+	accepted        *prometheus.CounterVec
+	delivered       prometheus.Counter
+	expired         prometheus.Counter
+	dropped         prometheus.Counter
+	storeSeconds    *prometheus.HistogramVec
+	commitSeconds   prometheus.Histogram
+	commitOps       prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -279,6 +302,8 @@ func newMetrics() *metrics {
 		reg: prometheus.NewRegistry(),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_connected_devices", Help: "Devices connected by websocket."}),
+		lomiriConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_connected_lomiri_devices", Help: "Devices connected by the Lomiri wire protocol."}),
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_messages_accepted_total", Help: "Messages accepted from app servers."}, []string{"api"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
@@ -297,7 +322,7 @@ func newMetrics() *metrics {
 			Name: "herald_store_commit_ops", Help: "Operations per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 	}
-	m.reg.MustRegister(m.connected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps)
+	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps)
 	return m
 }
 

@@ -52,6 +52,13 @@ CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
 	value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS broadcasts (
+	channel TEXT NOT NULL,
+	level   INTEGER NOT NULL,
+	data    BLOB NOT NULL,
+	expiry  INTEGER NOT NULL,
+	PRIMARY KEY (channel, level)
+) WITHOUT ROWID;
 `
 
 // SQLiteStore is the Store of a single server: one sqlite file in WAL mode,
@@ -115,6 +122,10 @@ var writerSQL = map[string]string{
 	"metaget":  `SELECT value FROM meta WHERE key = ?`,
 	"impmsg":   `INSERT OR IGNORE INTO messages (id, uaid, chid, version, topic, data, headers, expiry) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 	"impchan":  `INSERT OR IGNORE INTO channels (token, uaid, chid, vapid, created) VALUES (?, ?, ?, ?, ?)`,
+	"msglast":  `SELECT data FROM messages WHERE uaid = ? AND chid = ? AND expiry > ? ORDER BY seq DESC LIMIT 1`,
+	"bctop":    `SELECT coalesce(max(level), 0) FROM broadcasts WHERE channel = ?`,
+	"bcput":    `INSERT INTO broadcasts (channel, level, data, expiry) VALUES (?, ?, ?, ?)`,
+	"bctrim":   `DELETE FROM broadcasts WHERE channel = ? AND level <= ?`,
 }
 
 // Sync says how far a commit goes before Put returns.
@@ -509,7 +520,11 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 				return err
 			}
 			if n >= o.RejectAt {
-				return ErrTooManyPending
+				var last []byte
+				if err := st("msglast").QueryRow(m.UAID, m.ChannelID, ms(now)).Scan(&last); err != nil {
+					return ErrTooManyPending
+				}
+				return &PendingLimitError{Last: last}
 			}
 		}
 		res, err := st("msgput").Exec(m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry))
@@ -668,6 +683,59 @@ func (s *SQLiteStore) Sweep(ctx context.Context, now time.Time) (int, error) {
 		return err
 	})
 	return int(n), err
+}
+
+// PutBroadcast implements Store.
+func (s *SQLiteStore) PutBroadcast(ctx context.Context, channel string, data []byte, expiry time.Time, keep int) (int64, error) {
+	var level int64
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		return atomically(tx, func() error {
+			var top int64
+			if err := st("bctop").QueryRow(channel).Scan(&top); err != nil {
+				return err
+			}
+			level = top + 1
+			if _, err := st("bcput").Exec(channel, level, data, ms(expiry)); err != nil {
+				return err
+			}
+			if keep > 0 {
+				_, err := st("bctrim").Exec(channel, level-int64(keep))
+				return err
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cannot store broadcast: %w", err)
+	}
+	return level, nil
+}
+
+// Broadcasts implements Store.
+func (s *SQLiteStore) Broadcasts(ctx context.Context, channel string, now time.Time) (int64, []Broadcast, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT level, data, expiry FROM broadcasts WHERE channel = ? ORDER BY level`, channel)
+	if err != nil {
+		return 0, nil, fmt.Errorf("cannot read broadcasts: %w", err)
+	}
+	defer rows.Close()
+	var top int64
+	var out []Broadcast
+	for rows.Next() {
+		var b Broadcast
+		var exp int64
+		if err := rows.Scan(&b.Level, &b.Data, &exp); err != nil {
+			return 0, nil, fmt.Errorf("cannot read broadcasts: %w", err)
+		}
+		top = max(top, b.Level)
+		b.Expiry = time.UnixMilli(exp)
+		if b.Expiry.After(now) {
+			out = append(out, b)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("cannot read broadcasts: %w", err)
+	}
+	return top, out, nil
 }
 
 // Close implements Store.

@@ -24,11 +24,35 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict is returned when a channel is registered again with another key.
 	ErrConflict = errors.New("channel already registered with another key")
-	// ErrTooManyPending is returned by Put when PutOptions.RejectAt is reached.
+	// ErrTooManyPending is returned by Put when PutOptions.RejectAt is
+	// reached, possibly wrapped in a *PendingLimitError.
 	ErrTooManyPending = errors.New("too many pending messages")
 	// ErrClosed is returned after the store has been closed.
 	ErrClosed = errors.New("store closed")
 )
+
+// PendingLimitError is the ErrTooManyPending of a Put that can say which
+// message is the channel's newest pending one (Lomiri /notify shows its
+// data as "extra").
+type PendingLimitError struct {
+	Last []byte // data of the newest unexpired pending message of the channel
+}
+
+func (e *PendingLimitError) Error() string { return ErrTooManyPending.Error() }
+func (e *PendingLimitError) Unwrap() error { return ErrTooManyPending }
+
+// LomiriUAIDPrefix starts the UAID under which a Lomiri device's channels and
+// messages are stored: "L:" + its device id. Autopush uaids are 32 hex
+// digits, so the two never meet. A Lomiri channel's ChannelID is the app id
+// the device registered, its Token the random token /register returned.
+const LomiriUAIDPrefix = "L:"
+
+// Broadcast is one payload of a Lomiri broadcast channel.
+type Broadcast struct {
+	Level  int64 // 1, 2, …: the channel's level once this payload is seen
+	Data   []byte
+	Expiry time.Time
+}
 
 // Channel is one registration: an endpoint token mapped to a device channel.
 type Channel struct {
@@ -151,6 +175,12 @@ type Store interface {
 	// Messages get new Seqs in the order given.
 	Import(ctx context.Context, recs []Record) error
 
+	// PutBroadcast stores data as the next level of a Lomiri broadcast
+	// channel, keeps the newest keep payloads of it, and returns the level.
+	PutBroadcast(ctx context.Context, channel string, data []byte, expiry time.Time, keep int) (int64, error)
+	// Broadcasts returns the channel's top level (0 when it never had a
+	// payload) and its unexpired payloads, oldest first.
+	Broadcasts(ctx context.Context, channel string, now time.Time) (top int64, payloads []Broadcast, err error)
 	// Close releases the store; call it after Run has returned.
 	Close() error
 }

@@ -357,3 +357,49 @@ func TestStoreExportImport(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreLomiriBroadcastsAndPendingLimit(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st Store) {
+		ctx := context.Background()
+		now := time.Now()
+		if top, ps, err := st.Broadcasts(ctx, "0", now); err != nil || top != 0 || len(ps) != 0 {
+			t.Fatalf("empty channel: %d %v %v", top, ps, err)
+		}
+		for i := range 5 {
+			exp := now.Add(time.Hour)
+			if i == 3 {
+				exp = now.Add(-time.Second) // already expired
+			}
+			level, err := st.PutBroadcast(ctx, "0", []byte{'0' + byte(i)}, exp, 3)
+			if err != nil || level != int64(i+1) {
+				t.Fatalf("PutBroadcast %d = %d, %v", i, level, err)
+			}
+		}
+		top, ps, err := st.Broadcasts(ctx, "0", now)
+		if err != nil || top != 5 {
+			t.Fatalf("top = %d, %v; want 5", top, err)
+		}
+		var got []string
+		for _, p := range ps {
+			got = append(got, string(p.Data))
+		}
+		// Kept: the newest 3 (levels 3, 4, 5); level 4 expired.
+		if !slices.Equal(got, []string{"2", "4"}) || ps[0].Level != 3 || ps[1].Level != 5 {
+			t.Fatalf("payloads %v %+v, want [2 4] at levels 3 and 5", got, ps)
+		}
+		if top, _, _ := st.Broadcasts(ctx, "other", now); top != 0 {
+			t.Fatalf("another channel has level %d", top)
+		}
+
+		// The pending limit names the newest pending message.
+		uaid, chid := LomiriUAIDPrefix+"DEV", "a.b_c"
+		m1, m2 := newMsg(uaid, chid, "", time.Hour), newMsg(uaid, chid, "", time.Hour)
+		mustPut(t, st, m1, PutOptions{RejectAt: 2})
+		mustPut(t, st, m2, PutOptions{RejectAt: 2})
+		_, _, err = st.Put(ctx, newMsg(uaid, chid, "", time.Hour), PutOptions{RejectAt: 2}, time.Now())
+		var le *PendingLimitError
+		if !errors.Is(err, ErrTooManyPending) || !errors.As(err, &le) || string(le.Last) != string(m2.Data) {
+			t.Fatalf("Put over the limit = %v, want a PendingLimitError naming %q", err, m2.Data)
+		}
+	})
+}

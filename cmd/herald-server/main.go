@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +35,11 @@ type options struct {
 	sync                     string // full or normal
 	pingInterval             time.Duration
 	maxPending               int
+	notifyMaxPending         int
+	lomiriListen             string // Lomiri wire protocol listener
+	lomiriCert, lomiriKey    string
+	lomiriHosts, lomiriDom   string // what /delivery-hosts answers
+	lomiriPing               time.Duration
 	tokenRate, ipRate        float64
 	tokenBurst, ipBurst      int
 	stateDirectory           string // $STATE_DIRECTORY
@@ -56,6 +62,13 @@ func main() {
 	fs.Float64Var(&o.ipRate, "rate-limit-ip", server.DefaultIPLimit.Rate, "requests per second per client address (0: no limit)")
 	fs.IntVar(&o.ipBurst, "rate-burst-ip", server.DefaultIPLimit.Burst, "burst of requests per client address")
 	fs.IntVar(&o.maxPending, "max-pending", protocol.MaxPendingPerChannel, "undelivered Web Push messages kept per channel; beyond it the oldest are dropped")
+	fs.IntVar(&o.notifyMaxPending, "notify-max-pending", server.MaxNotifyPending, "unexpired messages one app may have pending through /notify before 413 too-many-pending")
+	fs.StringVar(&o.lomiriListen, "lomiri-listen", "", "serve Lomiri devices (lomiri-push-service's wire protocol, TLS) on this address, for example :5001")
+	fs.StringVar(&o.lomiriCert, "lomiri-cert", "", "TLS certificate chain (PEM) of the Lomiri listener (default --tls-cert)")
+	fs.StringVar(&o.lomiriKey, "lomiri-key", "", "TLS private key (PEM) of the Lomiri listener (default --tls-key)")
+	fs.StringVar(&o.lomiriHosts, "lomiri-hosts", "", "host:port list (|-separated) that /delivery-hosts gives devices (default the --lomiri-listen address)")
+	fs.StringVar(&o.lomiriDom, "lomiri-domain", "", "TLS server name that /delivery-hosts gives devices (default the certificate's first DNS name)")
+	fs.DurationVar(&o.lomiriPing, "lomiri-ping-interval", server.DefaultLomiriPingInterval, "idle time after which a Lomiri device is pinged")
 	fs.StringVar(&o.sync, "sync", "full", "when a commit reaches the disk: full (every commit, survives power loss) or normal (at checkpoints, survives a server crash)")
 	fs.StringVar(&o.pprof, "pprof", "", "debug: serve Go profiles (net/http/pprof) on this address, for example 127.0.0.1:6060")
 	fs.Parse(os.Args[1:])
@@ -113,6 +126,16 @@ func run(ctx context.Context, o options) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		scheme = "https"
 	}
+	var lln net.Listener
+	var lhosts []string
+	var ldomain string
+	if o.lomiriListen != "" {
+		lln, lhosts, ldomain, err = lomiriListener(o)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	public := o.publicURL
 	if public == "" {
 		public = scheme + "://" + ln.Addr().String()
@@ -126,10 +149,27 @@ func run(ctx context.Context, o options) error {
 		TokenLimit:   limit(o.tokenRate, o.tokenBurst),
 		IPLimit:      limit(o.ipRate, o.ipBurst),
 		Logger:       logger,
+
+		NotifyMaxPending:   o.notifyMaxPending,
+		LomiriPingInterval: o.lomiriPing,
+		LomiriHosts:        lhosts,
+		LomiriDomain:       ldomain,
 	})
 	if err != nil {
 		ln.Close()
+		if lln != nil {
+			lln.Close()
+		}
 		return err
+	}
+	if lln != nil {
+		if err := srv.ServeLomiri(lln); err != nil {
+			ln.Close()
+			lln.Close()
+			return err
+		}
+		logger.Info("serving lomiri devices", "listen", lln.Addr().String(), "hosts", strings.Join(lhosts, "|"), "domain", ldomain)
+		fmt.Fprintf(o.stdout, "lomiri listening on %s\n", lln.Addr())
 	}
 	if o.pprof != "" {
 		pln, err := net.Listen("tcp", o.pprof)
@@ -160,4 +200,45 @@ func run(ctx context.Context, o options) error {
 	err = srv.Serve(ctx, ln)
 	logger.Info("herald-server stopped")
 	return err
+}
+
+// lomiriListener opens the TLS listener of Lomiri devices and works out what
+// /delivery-hosts answers.
+func lomiriListener(o options) (net.Listener, []string, string, error) {
+	certFile, keyFile := o.lomiriCert, o.lomiriKey
+	if certFile == "" && keyFile == "" {
+		certFile, keyFile = o.tlsCert, o.tlsKey
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, nil, "", errors.New("--lomiri-listen needs a TLS certificate: --lomiri-cert and --lomiri-key (or --tls-cert and --tls-key)")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("cannot load lomiri tls certificate: %w", err)
+	}
+	domain := o.lomiriDom
+	if domain == "" && cert.Leaf != nil {
+		if len(cert.Leaf.DNSNames) > 0 {
+			domain = cert.Leaf.DNSNames[0]
+		} else {
+			domain = cert.Leaf.Subject.CommonName
+		}
+	}
+	ln, err := net.Listen("tcp", o.lomiriListen)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("cannot listen on %s: %w", o.lomiriListen, err)
+	}
+	var hosts []string
+	for _, h := range strings.Split(o.lomiriHosts, "|") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	if len(hosts) == 0 {
+		hosts = []string{ln.Addr().String()}
+	}
+	// Upstream's server: no session tickets (every device authenticates
+	// afresh); we keep TLS 1.2 as the floor like the HTTP listener.
+	tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, SessionTicketsDisabled: true})
+	return tl, hosts, domain, nil
 }

@@ -49,7 +49,7 @@ func TestImportRules(t *testing.T) {
 		{pkg: "client/store"},
 		{pkg: "client/session", allowed: []string{"protocol"}},
 		{pkg: "dbusapi", banned: []string{"github.com/mattn/go-sqlite3", "github.com/gorilla/websocket"}},
-		{pkg: "server", allowed: []string{"protocol", "webpush"}},
+		{pkg: "server", allowed: []string{"protocol", "protocol/lomiri", "webpush"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {
