@@ -48,6 +48,7 @@ func TestImportRules(t *testing.T) {
 		{pkg: "notifications"},
 		{pkg: "client/store"},
 		{pkg: "client/session", allowed: []string{"protocol"}},
+		{pkg: "client/lomiri", allowed: []string{"protocol/lomiri"}},
 		{pkg: "dbusapi", banned: []string{"github.com/mattn/go-sqlite3", "github.com/gorilla/websocket"}},
 		{pkg: "server", allowed: []string{"protocol", "protocol/lomiri", "webpush"}},
 	}
