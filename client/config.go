@@ -40,6 +40,8 @@ type Config struct {
 	// Durability is "full" (every commit survives a power loss, default)
 	// or "normal" (survives a crash of the daemon; faster).
 	Durability string `toml:"durability"`
+	// Lomiri is the [lomiri] table: the Lomiri push service backend.
+	Lomiri LomiriConfig `toml:"lomiri"`
 	// AppArmorFS is the AppArmor securityfs directory (default
 	// /sys/kernel/security/apparmor): when it exists, AppArmor is enabled and
 	// click helpers run under their profile through aa-exec.
@@ -99,6 +101,7 @@ func DefaultConfig() Config {
 		Compression:       true,
 		Durability:        "full",
 		AppArmorFS:        "/sys/kernel/security/apparmor",
+		Lomiri:            defaultLomiri(),
 	}
 }
 
@@ -165,6 +168,7 @@ func LoadConfig(env Env, path string, logger *slog.Logger, override func(*Config
 	cfg := DefaultConfig()
 	cfg.Env = env
 	paths := env.ConfigPaths()
+	var md *toml.MetaData
 	if path != "" {
 		paths = []string{path}
 	}
@@ -176,10 +180,11 @@ func LoadConfig(env Env, path string, logger *slog.Logger, override func(*Config
 		if err != nil {
 			return Config{}, fmt.Errorf("cannot read config: %w", err)
 		}
-		md, err := toml.Decode(string(b), &cfg)
+		m, err := toml.Decode(string(b), &cfg)
 		if err != nil {
 			return Config{}, fmt.Errorf("cannot parse config %s: %w", p, err)
 		}
+		md = &m
 		var unknown []string
 		for _, k := range md.Undecoded() {
 			unknown = append(unknown, k.String())
@@ -193,6 +198,9 @@ func LoadConfig(env Env, path string, logger *slog.Logger, override func(*Config
 	}
 	if override != nil {
 		override(&cfg)
+	}
+	if err := cfg.resolveLomiri(md); err != nil {
+		return cfg, err
 	}
 	return cfg, cfg.Validate()
 }
@@ -235,7 +243,7 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("invalid durability %q: want full or normal", c.Durability)
 	}
-	return nil
+	return c.validateLomiri()
 }
 
 // ParseLevel parses a log level name.

@@ -27,6 +27,10 @@ func TestConfigDefaults(t *testing.T) {
 	var keys []string
 	var lines []string
 	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "[") {
+			lines = append(lines, line) // a table: its keys follow
+			continue
+		}
 		if k, _, ok := strings.Cut(line, " = "); ok && strings.HasPrefix(k, "#") && !strings.HasPrefix(k, "# ") {
 			keys = append(keys, k[1:])
 			lines = append(lines, line[1:])
@@ -63,6 +67,19 @@ func TestConfigDefaults(t *testing.T) {
 	for i := range ct.NumField() {
 		tag := ct.Field(i).Tag.Get("toml")
 		if tag == "" || tag == "-" {
+			continue
+		}
+		if ft := ct.Field(i).Type; ft.Kind() == reflect.Struct && ft.Name() != "Duration" {
+			// A table: its header is in the file and each of its keys is documented.
+			if !strings.Contains(string(b), "\n["+tag+"]\n") {
+				t.Errorf("config table [%s] is not in config.toml", tag)
+			}
+			for j := range ft.NumField() {
+				sub := ft.Field(j).Tag.Get("toml")
+				if sub != "" && sub != "-" && !strings.Contains(strings.Join(keys, "\n")+"\n", sub+"\n") {
+					t.Errorf("config key %s.%s is not documented in config.toml", tag, sub)
+				}
+			}
 			continue
 		}
 		if !strings.Contains(strings.Join(keys, "\n")+"\n", tag+"\n") {
