@@ -22,6 +22,12 @@ test | demo)
 	want npm npm
 	;;
 esac
+if [ "$what" = test ]; then
+	# PostgreSQL's server binaries are not on PATH on Debian (/usr/lib/postgresql/N/bin).
+	if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+		need+=(postgresql)
+	fi
+fi
 case "$what" in
 test | deb)
 	want dpkg-buildpackage dpkg-dev

@@ -135,9 +135,7 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 	}
 	if !m.Expiry.After(now) {
 		// TTL 0: only a device connected now gets it.
-		if c := s.hub.get(m.UAID); c != nil {
-			c.deliver(m)
-		}
+		s.dispatch(r.Context(), m)
 		s.metrics.accepted.WithLabelValues(api).Inc()
 		return nil
 	}
@@ -152,9 +150,7 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 		s.metrics.dropped.Add(float64(dropped))
 	}
 	if stored {
-		if c := s.hub.get(m.UAID); c != nil {
-			c.deliver(m)
-		}
+		s.dispatch(r.Context(), m)
 	}
 	return nil
 }

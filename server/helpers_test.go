@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/heraldpush/herald/internal/pgtest"
 	"github.com/heraldpush/herald/protocol"
 )
 
@@ -59,6 +60,11 @@ func startServer(t *testing.T, edit func(*Config)) *testServer {
 	ts.base = "http://" + ln.Addr().String()
 	ts.ws = "ws://" + ln.Addr().String() + "/"
 	cfg := Config{PublicURL: ts.base, DBPath: ts.db, Now: ts.clock.Now, TokenLimit: Limit{Rate: -1}, IPLimit: Limit{Rate: -1}}
+	if strings.HasPrefix(t.Name(), onPostgres+"/") {
+		// The scenario runs again on PostgreSQL, the server as a node.
+		cfg.DBPath = pgtest.Database(t)
+		cfg.NodeURL = ts.base
+	}
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -54,6 +54,12 @@ func (h *hub) detach(c *conn) {
 	h.mu.Unlock()
 }
 
+func (h *hub) isClosing() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closing
+}
+
 func (h *hub) get(uaid string) *conn {
 	h.mu.Lock()
 	c := h.conns[uaid]
@@ -93,6 +99,9 @@ type conn struct {
 	s    *Server
 	ws   *websocket.Conn
 	uaid string
+	// route is the connection's route when the server is a node, set
+	// before the connection is attached.
+	route Route
 
 	wmu sync.Mutex // serialises writes to ws
 
@@ -156,6 +165,9 @@ func (c *conn) run() {
 		}
 	}
 	c.uaid = uaid
+	if s.node != nil {
+		c.route = Route{Node: s.node.url, Conn: s.node.connID.Add(1)}
+	}
 	// Draining from before attach: a message posted once c can receive live
 	// deliveries waits behind the stored ones (and behind the hello reply).
 	c.mu.Lock()
@@ -169,8 +181,30 @@ func (c *conn) run() {
 	if old != nil {
 		old.shut(protocol.CloseDoNotReconnect, "replaced by a newer connection")
 	}
+	if s.node != nil {
+		// The route is claimed before the first read of stored messages: a
+		// message stored after that read is posted after the claim, so its
+		// node finds the route and hands it over.
+		prev, err := s.store.ClaimRoute(ctx, uaid, c.route)
+		if err != nil {
+			s.hub.detach(c)
+			s.log.Error("cannot claim route", "err", err)
+			c.fail(closeInternal, "internal error")
+			return
+		}
+		if prev.Node != "" && prev.Node != c.route.Node {
+			go s.replaceRemote(uaid, prev)
+		}
+	}
 	s.metrics.connected.Inc()
 	defer func() {
+		if s.node != nil && !s.hub.isClosing() {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := s.store.ClearRoute(cctx, uaid, c.route); err != nil {
+				s.log.Warn("cannot clear route", "err", err)
+			}
+			cancel()
+		}
 		s.hub.detach(c)
 		s.metrics.connected.Dec()
 		c.mu.Lock()
@@ -424,6 +458,11 @@ func (c *conn) deliver(m *Message) {
 	if m.Seq != 0 && (c.draining || len(c.unacked) >= maxUnacked) {
 		c.draining = true
 		c.more = true
+		// With several nodes, Seqs are handed out before commit, so a
+		// message can commit after a batch with higher Seqs was read: the
+		// next batch starts below it (sent ones are skipped, acked ones
+		// are gone).
+		c.cursor = min(c.cursor, m.Seq-1)
 		c.mu.Unlock()
 		return
 	}

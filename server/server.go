@@ -45,12 +45,21 @@ type Config struct {
 	// https://push.example.org. Endpoints are <PublicURL>/wpush/v1/<token> and
 	// VAPID tokens must name its origin as aud. Required.
 	PublicURL string
-	// DBPath is the sqlite file; ignored when Store is set.
+	// DBPath is the sqlite file, or a postgres:// (postgresql://) URL for a
+	// PostgresStore; ignored when Store is set.
 	DBPath string
 	// Sync is how durable a commit of the sqlite store is (default SyncFull).
 	Sync Sync
-	// Store replaces the sqlite store (for example a networked one).
+	// Store replaces the store DBPath names.
 	Store Store
+	// NodeURL, when set, makes the server one node of several sharing the
+	// Store: it records which node holds each device's connection and hands
+	// messages for a device held by another node to that node at its
+	// NodeURL (http://host:port, reachable by the other nodes).
+	NodeURL string
+	// NodeSecret authenticates the calls between nodes (default: the one
+	// kept in the store, Store.NodeSecret).
+	NodeSecret string
 	// PingInterval is how often websocket pings are sent (default 5 min).
 	PingInterval time.Duration
 	// TokenLimit limits posts per endpoint token, IPLimit per client address.
@@ -97,6 +106,7 @@ type Server struct {
 	lomiri   lhub
 	tokens   tokenCache
 	frames   sync.Pool // *[]byte buffers for notification frames (gorilla copies them)
+	node     *node     // nil unless Config.NodeURL is set
 }
 
 // New validates cfg and opens the store. It starts no goroutines: call Serve.
@@ -157,8 +167,23 @@ func New(cfg Config) (*Server, error) {
 			http.Error(w, reason.Error(), status)
 		},
 	}
+	if cfg.NodeURL != "" {
+		nu, err := url.Parse(cfg.NodeURL)
+		if err != nil || (nu.Scheme != "http" && nu.Scheme != "https") || nu.Host == "" {
+			return nil, fmt.Errorf("invalid node url %q: want http(s)://host:port", cfg.NodeURL)
+		}
+		s.node = newNode(cfg.NodeURL, cfg.NodeSecret)
+	}
 	if cfg.Store != nil {
 		s.store = cfg.Store
+	} else if IsPostgresURL(cfg.DBPath) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st, err := OpenPostgres(ctx, cfg.DBPath)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		s.store = st
 	} else {
 		if cfg.DBPath == "" {
 			return nil, errors.New("no store: set DBPath or Store")
@@ -197,6 +222,10 @@ func (s *Server) routes() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	if s.node != nil {
+		mux.HandleFunc("POST "+nodeDeliverPath, s.handleNodeDeliver)
+		mux.HandleFunc("POST "+nodeReplacePath, s.handleNodeReplace)
+	}
 	return mux
 }
 
@@ -216,6 +245,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	storeCtx, stopStore := context.WithCancel(context.Background())
 	storeDone := make(chan error, 1)
 	go func() { storeDone <- s.store.Run(storeCtx) }()
+	if s.node != nil {
+		nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.startNode(nctx)
+		cancel()
+		if err != nil {
+			ln.Close()
+			stopStore()
+			<-storeDone
+			return errors.Join(fmt.Errorf("cannot start node: %w", err), s.store.Close())
+		}
+	}
 	var bg sync.WaitGroup
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bg.Go(func() { s.sweep(bgCtx) })
@@ -244,6 +284,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.hub.closeAll(protocol.CloseGoingAway, "server shutting down")
 	s.lomiri.closeAll()
+	if s.node != nil {
+		// The connections are gone: so are this node's routes (one
+		// statement rather than one per connection).
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if _, e := s.store.ClearNode(cctx, s.node.url); e != nil {
+			s.log.Warn("cannot clear this node's routes", "err", e)
+		}
+		cancel()
+	}
 	stopBG()
 	bg.Wait()
 	stopStore()
@@ -295,6 +344,7 @@ type metrics struct {
 	storeSeconds    *prometheus.HistogramVec
 	commitSeconds   prometheus.Histogram
 	commitOps       prometheus.Histogram
+	forwarded       *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -321,8 +371,10 @@ func newMetrics() *metrics {
 		commitOps: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "herald_store_commit_ops", Help: "Operations per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_node_forwarded_total", Help: "Messages handed to the node holding the device, by result."}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps)
+	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded)
 	return m
 }
 

@@ -24,6 +24,7 @@ func storeKinds() []storeKind {
 			st, _ := runStore(t, filepath.Join(t.TempDir(), "s.db"))
 			return st
 		}},
+		{"postgres", func(t *testing.T) Store { return runPostgres(t) }},
 	}
 }
 

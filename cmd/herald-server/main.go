@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 type options struct {
 	listen, publicURL, db    string
+	nodeURL, nodeSecretFile  string
 	tlsCert, tlsKey          string
 	logLevel                 string
 	pprof                    string // debug: serve net/http/pprof on this address
@@ -48,11 +50,20 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		if err := migrate(context.Background(), os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "herald-server migrate:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o := options{stdout: os.Stdout, stderr: os.Stderr, stateDirectory: os.Getenv("STATE_DIRECTORY")}
 	fs := flag.NewFlagSet("herald-server", flag.ExitOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	fs.StringVar(&o.publicURL, "public-url", "", "base URL app servers reach the server at (default http(s)://<listen address>)")
-	fs.StringVar(&o.db, "db", "", "sqlite database (default $STATE_DIRECTORY/herald-server.db or ./herald-server.db)")
+	fs.StringVar(&o.db, "db", "", "sqlite database file (default $STATE_DIRECTORY/herald-server.db or ./herald-server.db), or a postgres://… URL shared by several nodes")
+	fs.StringVar(&o.nodeURL, "node-url", "", "with a postgres --db: the URL other nodes reach this one at (default http(s)://<listen address>)")
+	fs.StringVar(&o.nodeSecretFile, "node-secret-file", "", "with a postgres --db: file holding the secret nodes authenticate each other with (default: a secret kept in the database)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate chain (PEM); with --tls-key serves HTTPS/wss")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -140,9 +151,35 @@ func run(ctx context.Context, o options) error {
 	if public == "" {
 		public = scheme + "://" + ln.Addr().String()
 	}
+	var nodeURL, nodeSecret string
+	if server.IsPostgresURL(db) {
+		nodeURL = o.nodeURL
+		if nodeURL == "" {
+			nodeURL = scheme + "://" + ln.Addr().String()
+			if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
+				logger.Warn("the node url names an unspecified address, which other nodes cannot reach: set --node-url", "node_url", nodeURL)
+			}
+		}
+		if o.nodeSecretFile != "" {
+			b, err := os.ReadFile(o.nodeSecretFile)
+			if err != nil {
+				ln.Close()
+				return fmt.Errorf("cannot read --node-secret-file: %w", err)
+			}
+			if nodeSecret = strings.TrimSpace(string(b)); len(nodeSecret) < 16 {
+				ln.Close()
+				return errors.New("the node secret must be at least 16 characters")
+			}
+		}
+	} else if o.nodeURL != "" || o.nodeSecretFile != "" {
+		ln.Close()
+		return errors.New("--node-url and --node-secret-file need a postgres --db (a sqlite file serves one node)")
+	}
 	srv, err := server.New(server.Config{
 		PublicURL:    public,
 		DBPath:       db,
+		NodeURL:      nodeURL,
+		NodeSecret:   nodeSecret,
 		Sync:         syncMode,
 		PingInterval: o.pingInterval,
 		MaxPending:   o.maxPending,
@@ -186,7 +223,7 @@ func run(ctx context.Context, o options) error {
 		go func() { _ = http.Serve(pln, mux) }() // ends when pln is closed
 		logger.Info("serving profiles", "pprof", pln.Addr().String())
 	}
-	logger.Info("herald-server started", "listen", ln.Addr().String(), "public_url", public, "db", db)
+	logger.Info("herald-server started", "listen", ln.Addr().String(), "public_url", public, "db", dbForLog(db), "node_url", nodeURL)
 	fmt.Fprintf(o.stdout, "listening on %s\n", ln.Addr())
 	if o.notifyReady != nil {
 		o.notifyReady()
@@ -241,4 +278,47 @@ func lomiriListener(o options) (net.Listener, []string, string, error) {
 	// afresh); we keep TLS 1.2 as the floor like the HTTP listener.
 	tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, SessionTicketsDisabled: true})
 	return tl, hosts, domain, nil
+}
+
+// dbForLog hides the password of a database URL.
+func dbForLog(db string) string {
+	if !server.IsPostgresURL(db) {
+		return db
+	}
+	if u, err := url.Parse(db); err == nil {
+		return u.Redacted()
+	}
+	return "postgres://…"
+}
+
+// migrate is `herald-server migrate --from FILE --to postgres://…`.
+func migrate(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("herald-server migrate", flag.ContinueOnError)
+	from := fs.String("from", "", "the store to copy from: a sqlite file (or a postgres:// URL)")
+	to := fs.String("to", "", "the store to copy into: a postgres:// URL (or a sqlite file)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: herald-server migrate --from FILE --to postgres://…\n\n"+
+			"Copies every device, channel and pending message. Stop the servers using either store first.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *from == "" || *to == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return errors.New("--from and --to are required")
+	}
+	if !server.IsPostgresURL(*from) {
+		if _, err := os.Stat(*from); err != nil {
+			return fmt.Errorf("cannot read --from: %w", err)
+		}
+	}
+	start := time.Now()
+	n, err := server.Migrate(ctx, *from, *to, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "migrated %d devices, %d channels, %d pending messages from %s to %s in %s\n",
+		n.Devices, n.Channels, n.Messages, dbForLog(*from), dbForLog(*to), time.Since(start).Round(time.Millisecond))
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/heraldpush/herald/internal/pgtest"
 	"github.com/heraldpush/herald/protocol"
 )
 
@@ -47,6 +48,7 @@ func binary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	pgtest.StopShared()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
@@ -74,6 +76,7 @@ func start(t *testing.T, db string, args ...string) *proc {
 	}
 	p := &proc{cmd: cmd, done: make(chan error, 1)}
 	lines := make(chan string, 1)
+	exited := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -83,10 +86,13 @@ func start(t *testing.T, db string, args ...string) *proc {
 				t.Errorf("more than one line on stdout: %q", sc.Text())
 			}
 		}
-		p.done <- cmd.Wait()
+		err := cmd.Wait()
+		close(exited)
+		p.done <- err
 	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
+		<-exited // stderr is written until then
 		if t.Failed() {
 			t.Logf("herald-server stderr:\n%s", stderr.String())
 		}
@@ -255,6 +261,7 @@ func TestFlags(t *testing.T) {
 		{"bad public url", []string{"--public-url", "ftp://x"}, "invalid public url"},
 		{"bad sync mode", []string{"--sync", "off"}, "invalid --sync"},
 		{"busy port", []string{"--listen", "256.0.0.1:1"}, "cannot listen"},
+		{"node url with sqlite", []string{"--node-url", "http://127.0.0.1:1"}, "need a postgres --db"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

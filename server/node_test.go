@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/heraldpush/herald/internal/pgtest"
+	"github.com/heraldpush/herald/protocol"
+)
+
+// onPostgres is the test that runs the server's scenarios again with a
+// PostgresStore, the server being a node (startServer checks the name).
+const onPostgres = "TestOnPostgres"
+
+func TestOnPostgres(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"HelloUAID", TestHelloUAID},
+		{"PushDeliverAck", TestPushDeliverAck},
+		{"UnackedRedeliveredInBatches", TestUnackedRedeliveredInBatches},
+		{"UnackedRedeliveredAfterReconnect", TestUnackedRedeliveredAfterReconnect},
+		{"Unregister", TestUnregister},
+		{"WebPushPlaintext", TestWebPushPlaintext},
+		{"TopicReplacesPending", TestTopicReplacesPending},
+		{"TTLZero", TestTTLZero},
+		{"ExpiredNeverDelivered", TestExpiredNeverDelivered},
+		{"CancelMessage", TestCancelMessage},
+		{"VAPIDRestricted", TestVAPIDRestricted},
+		{"SimplePushKeepsLatest", TestSimplePushKeepsLatest},
+		{"Notify", TestNotify},
+		{"SecondConnectionReplacesFirst", TestSecondConnectionReplacesFirst},
+		{"MaxPendingDropsOldest", TestMaxPendingDropsOldest},
+	} {
+		t.Run(tc.name, tc.fn)
+	}
+}
+
+// startNodes runs n servers as nodes on one fresh PostgreSQL database.
+func startNodes(t *testing.T, n int) []*testServer {
+	t.Helper()
+	db := pgtest.Database(t)
+	var nodes []*testServer
+	for range n {
+		nodes = append(nodes, startServer(t, func(c *Config) {
+			c.DBPath = db
+			c.NodeURL = c.PublicURL
+		}))
+	}
+	return nodes
+}
+
+// A device connected to node A gets at once what an app server posts to
+// node B, and the ack on A deletes it for every node.
+func TestNodesDeliverAcross(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	d := a.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	epB := strings.Replace(ep, a.base, b.base, 1)
+	for i := range 3 {
+		if r := b.push(epB, []byte{byte(i)}, nil); r.status != 201 {
+			t.Fatalf("post to node B: %d %s", r.status, r.body)
+		}
+		n := d.notification()
+		if string(n.Data) == "" {
+			t.Fatalf("notification %d without data", i)
+		}
+		d.ack(n)
+	}
+	// TTL 0 reaches the device across nodes too (it is never stored).
+	if r := b.push(epB, []byte("now"), map[string]string{"TTL": "0"}); r.status != 201 {
+		t.Fatalf("TTL 0 post: %d", r.status)
+	}
+	d.ack(d.notification())
+	d.quiet() // the acks are handled (and committed) before the ping reply
+	if n := b.pending(d.uaid); n != 0 {
+		t.Errorf("%d acked messages still pending", n)
+	}
+	if got := metric(t, b, `herald_node_forwarded_total{result="delivered"}`); got != "4" {
+		t.Errorf("node B forwarded %s messages, want 4", got)
+	}
+}
+
+// A second connection of the device on another node replaces the first:
+// the first node closes its websocket, posts go to the new node.
+func TestNodesSecondConnectionReplacesFirst(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	first := a.connect("")
+	ep := first.register(protocol.NewChannelID(), "")
+	second := b.connect(first.uaid)
+	if code := first.closed(); code != protocol.CloseDoNotReconnect {
+		t.Fatalf("first connection closed with %d, want %d", code, protocol.CloseDoNotReconnect)
+	}
+	if r := a.push(ep, []byte("x"), nil); r.status != 201 {
+		t.Fatalf("post: %d", r.status)
+	}
+	second.ack(second.notification())
+	second.quiet()
+}
+
+// A route to a node that no longer holds the device is cleared by the first
+// post that finds it stale; the message stays stored for the next connection.
+func TestNodesStaleRouteCleared(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	d := a.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	uaid := d.uaid
+	ctx := context.Background()
+	// A route as a crashed node leaves it: to a node that holds nothing.
+	// (Node A clears only its own route when the device goes.)
+	dead := Route{Node: "http://127.0.0.1:1", Conn: 42}
+	d.ws.Close()
+	if _, err := a.srv.store.ClaimRoute(ctx, uaid, dead); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.push(strings.Replace(ep, a.base, b.base, 1), []byte("kept"), nil); r.status != 201 {
+		t.Fatalf("post: %d", r.status)
+	}
+	if _, err := b.srv.store.Route(ctx, uaid); err != ErrNotFound {
+		t.Fatalf("stale route still there: %v", err)
+	}
+	d2 := b.connect(uaid)
+	if n := d2.notification(); n.Data != protocol.EncodeBase64URL([]byte("kept")) {
+		t.Fatalf("got %q", n.Data)
+	}
+}
+
+// Node calls need the node secret.
+func TestNodeCallsAuthenticated(t *testing.T) {
+	a := startNodes(t, 1)[0]
+	for _, auth := range []string{"", "HeraldNode wrong", "Bearer x"} {
+		h := map[string]string{"Content-Type": "application/json"}
+		if auth != "" {
+			h["Authorization"] = auth
+		}
+		for _, p := range []string{nodeDeliverPath, nodeReplacePath} {
+			if r := a.do("POST", p, h, []byte(`{"uaid":"x"}`)); r.status != http.StatusUnauthorized {
+				t.Errorf("POST %s with %q: %d, want 401", p, auth, r.status)
+			}
+		}
+	}
+	h := map[string]string{"Authorization": nodeAuthScheme + a.srv.node.secret}
+	if r := a.do("POST", nodeDeliverPath, h, []byte(`{"uaid":"`+protocol.NewUAID()+`","chid":"c","version":"v"}`)); r.status != http.StatusNotFound {
+		t.Errorf("deliver to an unconnected device with the secret: %d, want 404", r.status)
+	}
+	if r := a.do("POST", nodeDeliverPath, h, []byte(`{`)); r.status != http.StatusBadRequest {
+		t.Errorf("bad body: %d, want 400", r.status)
+	}
+}
+
+// metric returns the value of a metric line of the server's /metrics.
+func metric(t *testing.T, ts *testServer, name string) string {
+	t.Helper()
+	r := ts.do("GET", "/metrics", nil, nil)
+	for _, line := range strings.Split(string(r.body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
