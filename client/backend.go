@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/protocol"
@@ -20,7 +21,7 @@ func (d *Daemon) RegisterLomiri(ctx context.Context, appID string) (string, erro
 		r, err := d.st.LomiriRegistration(ctx, appID)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: appID, Kind: store.KindLomiri, Registered: d.now()}
+			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: appID, Kind: app.KindLomiri, Registered: d.now()}
 			if err := d.st.PutRegistration(ctx, r); err != nil {
 				return "", err
 			}
@@ -92,7 +93,7 @@ func (d *Daemon) drop(ctx context.Context, r store.Registration, requested bool)
 // v1 (or older) connector's confirmation of its own request carries an
 // empty token; when it is informed, the token.
 func (d *Daemon) tellUnregistered(r store.Registration, requested bool) {
-	if r.Kind != store.KindUnifiedPush {
+	if r.Kind != app.KindUnifiedPush {
 		return
 	}
 	tok := r.UPToken
@@ -176,7 +177,7 @@ func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistrati
 			}
 			fallthrough
 		case errors.Is(err, store.ErrNotFound):
-			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: u.AppID, Kind: store.KindUnifiedPush,
+			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: u.AppID, Kind: app.KindUnifiedPush,
 				Service: u.Service, UPToken: u.Token, UPVersion: u.Version, VAPID: u.VAPID, Registered: d.now(),
 				Owner: u.Owner, UPInstance: u.Instance, Registrant: u.Registrant}
 			if r.AppID == "" {
@@ -258,7 +259,7 @@ func (d *Daemon) Registrations(ctx context.Context) ([]dbusapi.Registration, err
 	out := make([]dbusapi.Registration, 0, len(regs))
 	for _, r := range regs {
 		out = append(out, dbusapi.Registration{
-			AppID: r.AppID, Kind: dbusapi.Kind(r.Kind), Endpoint: r.Endpoint, Service: r.Service,
+			AppID: r.AppID, Kind: app.Kind(r.Kind), Endpoint: r.Endpoint, Service: r.Service,
 			Version: r.UPVersion, Queued: queued[r.AppID], Registered: r.Registered,
 		})
 	}
@@ -274,7 +275,7 @@ func (d *Daemon) Inbox(ctx context.Context, appID string) ([]dbusapi.InboxEntry,
 	out := make([]dbusapi.InboxEntry, 0, len(msgs))
 	for _, m := range msgs {
 		size := len(m.Body)
-		if m.Step == store.StepQueued {
+		if m.Step == app.StepQueued {
 			size = len(m.Output)
 		}
 		out = append(out, dbusapi.InboxEntry{MsgID: m.MsgID, AppID: m.AppID, Step: m.Step, Received: m.Received, Size: size})

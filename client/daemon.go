@@ -26,6 +26,8 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/config"
 	"github.com/heraldpush/herald/client/session"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
@@ -36,9 +38,9 @@ import (
 type Output struct {
 	// Message is what is queued for the app (PopAll returns it as a string).
 	Message []byte
-	// Notification is what the Presenter shows, opaque to the Daemon (the
-	// helper output JSON); nil when nothing is to be shown.
-	Notification []byte
+	// Notification is what the Presenter shows; nil when nothing is to be
+	// shown.
+	Notification *app.Notification
 }
 
 // Processor is the helper step. Process always returns a usable Output; a
@@ -61,7 +63,7 @@ type StatsSource interface {
 // Presenter is the presentation step and the Postal calls that manage what
 // is shown.
 type Presenter interface {
-	Present(ctx context.Context, appID, msgID string, notification []byte) error
+	Present(ctx context.Context, appID, msgID string, n *app.Notification) error
 	ListPersistent(ctx context.Context, appID string) ([]string, error)
 	ClearPersistent(ctx context.Context, appID string, tags []string) (uint32, error)
 	SetCounter(ctx context.Context, appID string, count int32, visible bool) error
@@ -79,7 +81,7 @@ type Bus interface {
 
 // Options are the parts a Daemon is wired from.
 type Options struct {
-	Config    Config
+	Config    config.Config
 	Store     *store.Store
 	Processor Processor // nil: messages pass through unchanged
 	Presenter Presenter // nil: nothing is shown
@@ -92,7 +94,7 @@ type Options struct {
 
 // Daemon is heraldd's core. It is safe for concurrent use.
 type Daemon struct {
-	cfg   Config
+	cfg   config.Config
 	st    *store.Store
 	proc  Processor
 	pres  Presenter
@@ -307,7 +309,7 @@ func (d *Daemon) upRegOfApp(appID string) (store.Registration, bool) {
 	d.regMu.Lock()
 	defer d.regMu.Unlock()
 	for _, r := range d.regs {
-		if r.AppID == appID && r.Kind == store.KindUnifiedPush {
+		if r.AppID == appID && r.Kind == app.KindUnifiedPush {
 			return r, true
 		}
 	}
@@ -324,7 +326,7 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 	d.regMu.Lock()
 	var ups []store.Registration
 	for _, r := range d.regs {
-		if r.Kind == store.KindUnifiedPush {
+		if r.Kind == app.KindUnifiedPush {
 			ups = append(ups, r)
 		}
 	}
@@ -387,7 +389,7 @@ func (d *Daemon) setStatus(f func(*dbusapi.Status)) {
 	}
 }
 
-func (d *Daemon) incr(name string) {
+func (d *Daemon) incr(name app.Counter) {
 	if err := d.st.Incr(context.Background(), name, 1); err != nil {
 		d.log.Warn("cannot count", "counter", name, "err", err)
 	}
@@ -458,9 +460,9 @@ func (d *Daemon) reregister(ctx context.Context, regs []store.Registration) {
 		if !changed {
 			continue
 		}
-		d.incr("endpoint_changes")
+		d.incr(app.CounterEndpointChanges)
 		d.log.Info("endpoint changed", "app_id", r.AppID, "kind", r.Kind)
-		if r.Kind == store.KindUnifiedPush {
+		if r.Kind == app.KindUnifiedPush {
 			if bus := d.getBus(); bus != nil {
 				if err := bus.NewEndpoint(ctx, r.Service, r.UPToken, ep, r.UPVersion); err != nil {
 					d.log.Warn("cannot tell app its new endpoint", "app_id", r.AppID, "err", err)
@@ -557,7 +559,7 @@ func (h *handler) StateChanged(st session.State, since time.Time, err error) {
 		}
 	})
 	if st == session.StateConnected {
-		d.incr("connections")
+		d.incr(app.CounterConnections)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/config"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/server"
@@ -123,7 +125,7 @@ func startDaemon(t *testing.T, dbPath, wsURL string, proc Processor, pres Presen
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.Server = wsURL
 	cfg.RequestTimeout.Duration = 10 * time.Second
 	d := New(Options{Config: cfg, Store: st, Processor: proc, Presenter: pres})
@@ -139,7 +141,7 @@ func startDaemon(t *testing.T, dbPath, wsURL string, proc Processor, pres Presen
 	return r
 }
 
-func (r *running) waitQueued(t *testing.T, app string, n int) []string {
+func (r *running) waitQueued(t *testing.T, testApp string, n int) []string {
 	t.Helper()
 	var got []string
 	deadline := time.After(15 * time.Second)
@@ -147,9 +149,9 @@ func (r *running) waitQueued(t *testing.T, app string, n int) []string {
 		select {
 		case <-r.bus.posted:
 		case <-deadline:
-			t.Fatalf("%s: got %d of %d messages: %q", app, len(got), n, got)
+			t.Fatalf("%s: got %d of %d messages: %q", testApp, len(got), n, got)
 		}
-		msgs, err := r.d.PopAll(context.Background(), app)
+		msgs, err := r.d.PopAll(context.Background(), testApp)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,25 +166,25 @@ func TestRegisterPushPopAll(t *testing.T) {
 	dbPath := filepath.Join(dir, "herald.db")
 	r := startDaemon(t, dbPath, ts.wsURL, nil, nil)
 	ctx := context.Background()
-	const app = "com.example.chat_chat"
-	tok, err := r.d.RegisterLomiri(ctx, app)
+	const testApp = "com.example.chat_chat"
+	tok, err := r.d.RegisterLomiri(ctx, testApp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok2, err := r.d.RegisterLomiri(ctx, app)
+	tok2, err := r.d.RegisterLomiri(ctx, testApp)
 	if err != nil || tok2 != tok {
 		t.Fatalf("second RegisterLomiri = %q, %v; want the same token %q", tok2, err, tok)
 	}
 	for i := range 5 {
 		ts.push(t, tok, fmt.Sprintf(`{"n":%d}`, i), 60)
 	}
-	got := r.waitQueued(t, app, 5)
+	got := r.waitQueued(t, testApp, 5)
 	want := []string{`{"n":0}`, `{"n":1}`, `{"n":2}`, `{"n":3}`, `{"n":4}`}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("queue (-want +got):\n%s", diff)
 	}
 	regs, err := r.d.Registrations(ctx)
-	if err != nil || len(regs) != 1 || regs[0].AppID != app || !strings.HasSuffix(regs[0].Endpoint, "/"+tok) {
+	if err != nil || len(regs) != 1 || regs[0].AppID != testApp || !strings.HasSuffix(regs[0].Endpoint, "/"+tok) {
 		t.Fatalf("Registrations = %+v, %v", regs, err)
 	}
 	if st := r.d.Status(ctx); st.State != "connected" || st.ConnectedSince.IsZero() {
@@ -198,10 +200,10 @@ func TestRegisterPushPopAll(t *testing.T) {
 	r.cancel()
 	ts.push(t, tok, `"offline"`, 60)
 	r = startDaemon(t, dbPath, ts.wsURL, nil, nil)
-	if tok3, err := r.d.RegisterLomiri(ctx, app); err != nil || tok3 != tok {
+	if tok3, err := r.d.RegisterLomiri(ctx, testApp); err != nil || tok3 != tok {
 		t.Fatalf("RegisterLomiri after restart = %q, %v; want %q", tok3, err, tok)
 	}
-	if got := r.waitQueued(t, app, 1); !slices.Equal(got, []string{`"offline"`}) {
+	if got := r.waitQueued(t, testApp, 1); !slices.Equal(got, []string{`"offline"`}) {
 		t.Fatalf("after restart: %q", got)
 	}
 }
@@ -214,8 +216,8 @@ func TestNewUAIDReregisters(t *testing.T) {
 	addr := strings.TrimPrefix(ts.url, "http://")
 	r := startDaemon(t, filepath.Join(dir, "herald.db"), ts.wsURL, nil, nil)
 	ctx := context.Background()
-	const app = "com.example.news_news"
-	tok, err := r.d.RegisterLomiri(ctx, app)
+	const testApp = "com.example.news_news"
+	tok, err := r.d.RegisterLomiri(ctx, testApp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,18 +234,18 @@ func TestNewUAIDReregisters(t *testing.T) {
 			break
 		}
 	}
-	newTok, err := r.d.RegisterLomiri(ctx, app)
+	newTok, err := r.d.RegisterLomiri(ctx, testApp)
 	if err != nil || newTok == tok {
 		t.Fatalf("RegisterLomiri after the server lost the device = %q, %v; want a new token", newTok, err)
 	}
 	if u, _ := r.st.UAID(ctx); u == oldUAID || u == "" {
 		t.Fatalf("uaid not replaced: %q", u)
 	}
-	if reg, err := r.st.LomiriRegistration(ctx, app); err != nil || reg.Stale || token(reg.Endpoint) != newTok {
+	if reg, err := r.st.LomiriRegistration(ctx, testApp); err != nil || reg.Stale || token(reg.Endpoint) != newTok {
 		t.Fatalf("stored registration = %+v, %v", reg, err)
 	}
 	ts.push(t, newTok, `"after"`, 60)
-	if got := r.waitQueued(t, app, 1); !slices.Equal(got, []string{`"after"`}) {
+	if got := r.waitQueued(t, testApp, 1); !slices.Equal(got, []string{`"after"`}) {
 		t.Fatalf("got %q", got)
 	}
 }
@@ -259,9 +261,9 @@ func (p *recorder) Process(ctx context.Context, appID, msgID string, payload []b
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.processed = append(p.processed, string(payload))
-	return Output{Message: []byte(`"helper:` + string(payload) + `"`), Notification: []byte(`{"notification":{}}`)}, nil
+	return Output{Message: []byte(`"helper:` + string(payload) + `"`), Notification: &app.Notification{Tag: "t"}}, nil
 }
-func (p *recorder) Present(ctx context.Context, appID, msgID string, n []byte) error {
+func (p *recorder) Present(ctx context.Context, appID, msgID string, n *app.Notification) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.presented = append(p.presented, msgID)
@@ -288,10 +290,10 @@ func TestResumeFromEachStep(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	const app = "com.example.app_app"
+	const testApp = "com.example.app_app"
 	var in []store.Incoming
 	for i, id := range []string{"m-received", "m-processed", "m-presented", "m-expired", "m-queued"} {
-		m := store.Incoming{MsgID: id, AppID: app, ChannelID: "c", Version: fmt.Sprint(i), Body: []byte(id), Received: now}
+		m := store.Incoming{MsgID: id, AppID: testApp, ChannelID: "c", Version: fmt.Sprint(i), Body: []byte(id), Received: now}
 		if id == "m-expired" {
 			m.Expires = now.Add(-time.Second)
 		}
@@ -300,17 +302,17 @@ func TestResumeFromEachStep(t *testing.T) {
 	if _, err := st.Receive(ctx, in); err != nil {
 		t.Fatal(err)
 	}
-	msgs, _ := st.Pending(ctx, app, 10)
+	msgs, _ := st.Pending(ctx, testApp, 10)
 	// The state a crash left: each message stopped at another step.
 	steps := map[string]func(seq int64) error{
-		"m-processed": func(seq int64) error { return st.Processed(ctx, seq, []byte(`"p"`), []byte(`{}`)) },
+		"m-processed": func(seq int64) error { return st.Processed(ctx, seq, []byte(`"p"`), &app.Notification{}) },
 		"m-presented": func(seq int64) error {
-			if err := st.Processed(ctx, seq, []byte(`"pr"`), []byte(`{}`)); err != nil {
+			if err := st.Processed(ctx, seq, []byte(`"pr"`), &app.Notification{}); err != nil {
 				return err
 			}
-			return st.SetStep(ctx, seq, store.StepPresented)
+			return st.SetStep(ctx, seq, app.StepPresented)
 		},
-		"m-expired": func(seq int64) error { return st.Processed(ctx, seq, []byte(`"x"`), []byte(`{}`)) },
+		"m-expired": func(seq int64) error { return st.Processed(ctx, seq, []byte(`"x"`), &app.Notification{}) },
 		"m-queued":  func(seq int64) error { return st.Processed(ctx, seq, []byte(`"q"`), nil) },
 	}
 	for _, m := range msgs {
@@ -324,7 +326,7 @@ func TestResumeFromEachStep(t *testing.T) {
 
 	rec := &recorder{}
 	r := startDaemon(t, dbPath, "", rec, rec)
-	got := r.waitQueued(t, app, 4)
+	got := r.waitQueued(t, testApp, 4)
 	want := []string{`"helper:m-received"`, `"p"`, `"pr"`, `"q"`}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("queue (-want +got):\n%s", diff)

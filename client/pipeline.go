@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
 )
@@ -165,12 +166,12 @@ func (d *Daemon) processBatch(ctx context.Context, msgs []store.Message, isUP bo
 	now := d.now()
 	for i := range msgs {
 		m := &msgs[i]
-		if m.Step != store.StepReceived {
+		if m.Step != app.StepReceived {
 			continue
 		}
 		if m.Expired(now) {
 			d.log.Info("expired message dropped", "app_id", m.AppID, "msg_id", m.MsgID, "step", m.Step)
-			if err := d.st.Done(ctx, m.Seq, "messages_expired"); err != nil && !errors.Is(err, store.ErrNotFound) {
+			if err := d.st.Done(ctx, m.Seq, app.CounterMessagesExpired); err != nil && !errors.Is(err, store.ErrNotFound) {
 				d.log.Error("cannot drop expired message", "app_id", m.AppID, "err", err)
 			}
 			m.Step = ""
@@ -201,9 +202,9 @@ func (d *Daemon) processBatch(ctx context.Context, msgs []store.Message, isUP bo
 	for j, i := range idx {
 		m := &msgs[i]
 		m.Output, m.Notification = outs[j].Message, outs[j].Notification
-		m.Step = store.StepProcessed
+		m.Step = app.StepProcessed
 		if m.Notification == nil {
-			m.Step = store.StepQueued
+			m.Step = app.StepQueued
 		}
 	}
 	return dropped, false
@@ -215,12 +216,12 @@ func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (drop
 	log := d.log.With("app_id", m.AppID, "msg_id", m.MsgID)
 	if m.Expired(d.now()) {
 		log.Info("expired message dropped", "step", m.Step)
-		if err := d.st.Done(ctx, m.Seq, "messages_expired"); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err := d.st.Done(ctx, m.Seq, app.CounterMessagesExpired); err != nil && !errors.Is(err, store.ErrNotFound) {
 			log.Error("cannot drop expired message", "err", err)
 		}
 		return true
 	}
-	if m.Step == store.StepReceived {
+	if m.Step == app.StepReceived {
 		var out Output
 		if isUP {
 			out = Output{Message: m.Body} // raw, byte for byte
@@ -239,16 +240,16 @@ func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (drop
 			return false
 		}
 		m.Output, m.Notification = out.Message, out.Notification
-		m.Step = store.StepProcessed
+		m.Step = app.StepProcessed
 		if out.Notification == nil {
-			m.Step = store.StepQueued
+			m.Step = app.StepQueued
 		}
 	}
-	if m.Step == store.StepProcessed {
+	if m.Step == app.StepProcessed {
 		// TTL is checked again right before presentation.
 		if m.Expired(d.now()) {
 			log.Info("expired message dropped before presentation")
-			_ = d.st.Done(ctx, m.Seq, "messages_expired")
+			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
 			return true
 		}
 		if d.pres != nil && m.Notification != nil {
@@ -257,19 +258,19 @@ func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (drop
 					return false
 				}
 				log.Warn("cannot show notification", "err", err)
-				d.incr("present_failures")
+				d.incr(app.CounterPresentFailures)
 			}
 		}
-		m.Step = store.StepPresented
+		m.Step = app.StepPresented
 	}
-	if m.Step == store.StepPresented {
+	if m.Step == app.StepPresented {
 		if err := d.st.Presented(ctx, m.Seq); err != nil {
 			log.Error("cannot queue message", "err", err)
 			return false
 		}
-		m.Step = store.StepQueued
+		m.Step = app.StepQueued
 	}
-	if m.Step == store.StepQueued && !isUP {
+	if m.Step == app.StepQueued && !isUP {
 		if bus := d.getBus(); bus != nil {
 			if err := bus.EmitPost(m.AppID); err != nil {
 				log.Warn("cannot emit Post", "err", err)
@@ -306,17 +307,17 @@ func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt t
 			d.log.Error("cannot read queue", "app_id", r.AppID, "err", err)
 			return d.now().Add(redeliverMin)
 		}
-		if m.Step != store.StepQueued {
+		if m.Step != app.StepQueued {
 			return time.Time{} // a newer pass handles it
 		}
 		now := d.now()
 		if m.Expired(now) {
-			_ = d.st.Done(ctx, m.Seq, "messages_expired")
+			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
 			continue
 		}
 		if len(m.Output) == 0 {
 			// A data-less (SimplePush) message has nothing to give a connector.
-			_ = d.st.Done(ctx, m.Seq, "messages_dropped")
+			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
 			continue
 		}
 		if m.NextAttempt.After(now) {
@@ -329,7 +330,7 @@ func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt t
 			return time.Time{}
 		}
 		if err == nil && acked {
-			if err := d.st.Done(ctx, m.Seq, "messages_delivered"); err != nil && !errors.Is(err, store.ErrNotFound) {
+			if err := d.st.Done(ctx, m.Seq, app.CounterMessagesDelivered); err != nil && !errors.Is(err, store.ErrNotFound) {
 				d.log.Error("cannot record delivery", "app_id", r.AppID, "err", err)
 				return d.now().Add(redeliverMin)
 			}
@@ -337,7 +338,7 @@ func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt t
 		}
 		if errors.Is(err, dbusapi.ErrInvalid) {
 			d.log.Warn("undeliverable unifiedpush message dropped", "app_id", r.AppID, "msg_id", m.MsgID, "err", err)
-			_ = d.st.Done(ctx, m.Seq, "messages_dropped")
+			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
 			continue
 		}
 		wait := redeliverMin << min(m.Attempts, 20)
@@ -347,7 +348,7 @@ func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt t
 		if err := d.st.Retry(ctx, m.Seq, next); err != nil {
 			d.log.Error("cannot record retry", "app_id", r.AppID, "err", err)
 		}
-		d.incr("redeliveries")
+		d.incr(app.CounterRedeliveries)
 		return next
 	}
 	return time.Time{}

@@ -13,12 +13,12 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/client/config"
 )
 
 // TestConfigDefaults checks that the shipped config.toml documents every key
 // with its real default: uncommenting every "#key = value" line must give
-// exactly client.DefaultConfig, with no unknown key.
+// exactly config.DefaultConfig, with no unknown key.
 func TestConfigDefaults(t *testing.T) {
 	b, err := os.ReadFile("config.toml")
 	if err != nil {
@@ -39,8 +39,8 @@ func TestConfigDefaults(t *testing.T) {
 	if len(keys) == 0 {
 		t.Fatal("config.toml documents no key")
 	}
-	// Decode as heraldd does: over the defaults, into client.Config.
-	got := client.DefaultConfig()
+	// Decode as heraldd does: over the defaults, into config.Config.
+	got := config.DefaultConfig()
 	md, err := toml.Decode(strings.Join(lines, ""), &got)
 	if err != nil {
 		t.Fatalf("uncommented config.toml does not parse: %v", err)
@@ -48,22 +48,22 @@ func TestConfigDefaults(t *testing.T) {
 	if u := md.Undecoded(); len(u) > 0 {
 		t.Errorf("config.toml documents keys heraldd does not know: %v", u)
 	}
-	env := client.Env{StateHome: t.TempDir()}
+	env := config.Env{StateHome: t.TempDir()}
 	got.Env = env
 	if err := got.Validate(); err != nil {
 		t.Fatalf("uncommented config.toml is not valid: %v", err)
 	}
-	want := client.DefaultConfig()
+	want := config.DefaultConfig()
 	want.Env = env
 	if err := want.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("documented defaults differ from client.DefaultConfig:\n got %+v\nwant %+v", got, want)
+		t.Errorf("documented defaults differ from config.DefaultConfig:\n got %+v\nwant %+v", got, want)
 	}
 
-	// Every key of client.Config is documented.
-	ct := reflect.TypeFor[client.Config]()
+	// Every key of config.Config is documented.
+	ct := reflect.TypeFor[config.Config]()
 	for i := range ct.NumField() {
 		tag := ct.Field(i).Tag.Get("toml")
 		if tag == "" || tag == "-" {

@@ -3,14 +3,8 @@ package dbusapi
 import (
 	"context"
 	"time"
-)
 
-// Kind tells which API an app registered through.
-type Kind string
-
-const (
-	KindLomiri      Kind = "lomiri"
-	KindUnifiedPush Kind = "unifiedpush"
+	"github.com/heraldpush/herald/app"
 )
 
 // UnifiedPush connector interface versions a registration is served with.
@@ -50,7 +44,7 @@ type UPRegistration struct {
 // Registration is one registration as the management interface shows it.
 type Registration struct {
 	AppID      string
-	Kind       Kind
+	Kind       app.Kind
 	Endpoint   string // full push endpoint URL
 	Service    string // UnifiedPush connector bus name
 	Version    int    // UnifiedPush interface version
@@ -62,7 +56,7 @@ type Registration struct {
 type InboxEntry struct {
 	MsgID    string
 	AppID    string
-	Step     string // received, processed, presented, queued, delivered
+	Step     app.Step
 	Received time.Time
 	Size     int
 }

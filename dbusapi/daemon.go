@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 const propertiesIface = "org.freedesktop.DBus.Properties"
@@ -39,7 +41,7 @@ func (s *Service) daemonIface() *iface {
 			}
 			appID, _ := c.args[0].(string)
 			if appID != "" {
-				norm, err := NormalizeAppID(appID)
+				norm, err := app.NormalizeID(appID)
 				if err != nil {
 					return nil, s.errorf(c.iface, "InvalidAppID", "invalid application id %q", truncate(appID, 80))
 				}
@@ -54,7 +56,7 @@ func (s *Service) daemonIface() *iface {
 				out = append(out, map[string]dbus.Variant{
 					"msg_id":   dbus.MakeVariant(e.MsgID),
 					"app_id":   dbus.MakeVariant(e.AppID),
-					"step":     dbus.MakeVariant(e.Step),
+					"step":     dbus.MakeVariant(string(e.Step)),
 					"received": dbus.MakeVariant(unixOrZero(e.Received)),
 					"size":     dbus.MakeVariant(int32(e.Size)),
 				})

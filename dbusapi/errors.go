@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Errors a Backend wraps to get a specific D-Bus error.
@@ -46,7 +48,7 @@ func (s *Service) toDBusError(ifaceName string, err error) *dbus.Error {
 	switch {
 	case errors.As(err, &ae):
 		name = ae.name
-	case errors.Is(err, errInvalidAppID):
+	case errors.Is(err, app.ErrInvalidID):
 		name = "InvalidAppID"
 	case errors.Is(err, ErrNotRegistered):
 		name = "NotRegistered"

@@ -1,13 +1,12 @@
 package dbusapi
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Source tells where a caller's app id came from.
@@ -53,13 +52,13 @@ func ParseAppArmorLabel(label string) (appID string, src Source, confined bool) 
 	if strings.HasPrefix(profile, "snap.") {
 		parts := strings.Split(profile, ".")
 		if len(parts) == 3 {
-			if a, err := ParseAppID(parts[1] + "_" + parts[2]); err == nil && a.Kind == AppIDClick {
+			if a, err := app.ParseID(parts[1] + "_" + parts[2]); err == nil && a.Form == app.FormClick {
 				return a.Base(), SourceSnap, true
 			}
 		}
 		return "", SourceSnap, true
 	}
-	if a, err := ParseAppID(profile); err == nil && a.Kind == AppIDClick && a.Version != "" {
+	if a, err := app.ParseID(profile); err == nil && a.Form == app.FormClick && a.Version != "" {
 		return a.Base(), SourceAppArmor, true
 	}
 	return "", SourceAppArmor, confined
@@ -68,30 +67,16 @@ func ParseAppArmorLabel(label string) (appID string, src Source, confined bool) 
 // ParseFlatpakInfo reads the application id from a .flatpak-info file
 // (`[Application] name=…`). ok is false when the file names no valid app.
 func ParseFlatpakInfo(b []byte) (appID string, ok bool) {
-	section := ""
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 4096), 64*1024)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' || line[0] == ';' {
-			continue
-		}
-		if line[0] == '[' && line[len(line)-1] == ']' {
-			section = line[1 : len(line)-1]
-			continue
-		}
-		if section != "Application" {
-			continue
-		}
-		k, v, found := strings.Cut(line, "=")
-		if !found || strings.TrimSpace(k) != "name" {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		if a, err := ParseAppID(v); err == nil && a.Kind == AppIDDesktop {
-			return a.Base(), true
-		}
+	kf, err := app.ParseKeyFile(b)
+	if err != nil {
 		return "", false
+	}
+	v, found := kf.Get("Application", "name")
+	if !found {
+		return "", false
+	}
+	if a, err := app.ParseID(v); err == nil && a.Form == app.FormDesktop {
+		return a.Base(), true
 	}
 	return "", false
 }
@@ -140,47 +125,16 @@ func parseAppUnit(unit string) (string, bool) {
 	if i := strings.LastIndexByte(rest, '-'); i >= 0 {
 		rest = rest[i+1:]
 	}
-	id := unescapeSystemd(rest)
-	a, err := ParseAppID(id)
-	if err != nil || a.Kind == AppIDLegacy {
+	id := app.UnescapeSystemd(rest)
+	a, err := app.ParseID(id)
+	if err != nil || a.Form == app.FormLegacy {
 		return "", false
 	}
 	return a.Base(), true
 }
 
-// unescapeSystemd undoes systemd's \xNN unit name escaping.
-func unescapeSystemd(s string) string {
-	if !strings.Contains(s, `\x`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && s[i+1] == 'x' && isHex(s[i+2]) && isHex(s[i+3]) {
-			b.WriteByte(unhex(s[i+2])<<4 | unhex(s[i+3]))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // maxProcFile bounds what is read from /proc files.
 const maxProcFile = 64 * 1024
-
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, maxProcFile)
-	n, err := f.Read(b)
-	if n > 0 {
-		return b[:n], nil
-	}
-	return nil, err
-}
 
 // identify computes a caller's Identity from its credentials and the
 // process tree under procRoot: the AppArmor label first, then Flatpak, then
@@ -195,12 +149,12 @@ func identify(procRoot string, uid, pid uint32, label string) Identity {
 		return id
 	}
 	dir := filepath.Join(procRoot, strconv.FormatUint(uint64(pid), 10))
-	if b, err := readLimited(filepath.Join(dir, "root", ".flatpak-info")); err == nil {
+	if b, err := app.ReadFile(filepath.Join(dir, "root", ".flatpak-info"), maxProcFile); err == nil {
 		appID, _ := ParseFlatpakInfo(b)
 		id.AppID, id.Source, id.Confined = appID, SourceFlatpak, true
 		return id
 	}
-	if b, err := readLimited(filepath.Join(dir, "cgroup")); err == nil {
+	if b, err := app.ReadFile(filepath.Join(dir, "cgroup"), maxProcFile); err == nil {
 		if appID, ok := ParseCgroup(b); ok {
 			id.AppID, id.Source = appID, SourceSystemd
 		}

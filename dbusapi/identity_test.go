@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/heraldpush/herald/app"
 )
 
 func TestParseAppArmorLabel(t *testing.T) {
@@ -84,17 +86,17 @@ func TestParseCgroup(t *testing.T) {
 
 // checkIdentityResult is the property the identity parsers promise: an app
 // id they return is valid and already in Base form.
-func checkIdentityResult(t *testing.T, in []byte, app string, ok bool) {
+func checkIdentityResult(t *testing.T, in []byte, got string, ok bool) {
 	t.Helper()
 	if !ok {
-		if app != "" {
-			t.Fatalf("not ok but app %q for %q", app, in)
+		if got != "" {
+			t.Fatalf("not ok but app %q for %q", got, in)
 		}
 		return
 	}
-	a, err := ParseAppID(app)
-	if err != nil || a.Base() != app {
-		t.Fatalf("returned app id %q for %q is not a valid base id (%v)", app, in, err)
+	a, err := app.ParseID(got)
+	if err != nil || a.Base() != got {
+		t.Fatalf("returned app id %q for %q is not a valid base id (%v)", got, in, err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // MaxPostPayload bounds the JSON accepted by Postal.Post (the push message
@@ -15,27 +17,27 @@ const MaxPostPayload = 4096
 
 // lomiriApp validates the app id argument against the object path and the
 // caller, and returns the parsed id.
-func (s *Service) lomiriApp(ctx context.Context, c *call) (AppID, error) {
+func (s *Service) lomiriApp(ctx context.Context, c *call) (app.ID, error) {
 	raw, _ := c.args[0].(string)
-	app, err := ParseAppID(raw)
+	aid, err := app.ParseID(raw)
 	if err != nil {
-		return AppID{}, s.errorf(c.iface, "InvalidAppID", "invalid application id %q", truncate(raw, 80))
+		return app.ID{}, s.errorf(c.iface, "InvalidAppID", "invalid application id %q", truncate(raw, 80))
 	}
 	p := string(c.path)
 	i := strings.LastIndexByte(p, '/')
 	base, elem := p[:i], p[i+1:]
 	if _, ok := s.objects[base]; !ok || elem == "" {
-		return AppID{}, s.errorf(c.iface, "PackageMismatch",
-			"package must be prefix of app id: object path %s has no package element, use %s/%s", p, p, Quote(app.Package))
+		return app.ID{}, s.errorf(c.iface, "PackageMismatch",
+			"package must be prefix of app id: object path %s has no package element, use %s/%s", p, p, app.Quote(aid.Package))
 	}
-	if pkg := Unquote(elem); pkg != app.Package {
-		return AppID{}, s.errorf(c.iface, "PackageMismatch",
-			"package must be prefix of app id: path package %q, app id %q (path element for it: %s)", pkg, app.String(), Quote(app.Package))
+	if pkg := app.Unquote(elem); pkg != aid.Package {
+		return app.ID{}, s.errorf(c.iface, "PackageMismatch",
+			"package must be prefix of app id: path package %q, app id %q (path element for it: %s)", pkg, aid.String(), app.Quote(aid.Package))
 	}
-	if err := s.authorizeApp(ctx, c, app); err != nil {
-		return AppID{}, err
+	if err := s.authorizeApp(ctx, c, aid); err != nil {
+		return app.ID{}, err
 	}
-	return app, nil
+	return aid, nil
 }
 
 func truncate(s string, n int) string {
@@ -48,29 +50,29 @@ func truncate(s string, n int) string {
 func (s *Service) pushNotificationsIface(name string) *iface {
 	return newIface(name,
 		&member{name: "Register", in: []string{"s"}, out: "s", handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
-			token, err := s.backend.RegisterLomiri(ctx, app.Base())
+			token, err := s.backend.RegisterLomiri(ctx, aid.Base())
 			if err != nil {
-				return nil, fmt.Errorf("cannot register %q: %w", app.Base(), err)
+				return nil, fmt.Errorf("cannot register %q: %w", aid.Base(), err)
 			}
 			if token == "" {
-				return nil, s.errorf(c.iface, "Failed", "bad token: registration of %q gave no token", app.Base())
+				return nil, s.errorf(c.iface, "Failed", "bad token: registration of %q gave no token", aid.Base())
 			}
-			s.log.Info("app registered", "app_id", app.Base(), "kind", string(KindLomiri))
+			s.log.Info("app registered", "app_id", aid.Base(), "kind", string(app.KindLomiri))
 			return []any{token}, nil
 		}},
 		&member{name: "Unregister", in: []string{"s"}, handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
-			if err := s.backend.UnregisterLomiri(ctx, app.Base()); err != nil {
-				return nil, fmt.Errorf("cannot unregister %q: %w", app.Base(), err)
+			if err := s.backend.UnregisterLomiri(ctx, aid.Base()); err != nil {
+				return nil, fmt.Errorf("cannot unregister %q: %w", aid.Base(), err)
 			}
-			s.log.Info("app unregistered", "app_id", app.Base(), "kind", string(KindLomiri))
+			s.log.Info("app unregistered", "app_id", aid.Base(), "kind", string(app.KindLomiri))
 			return nil, nil
 		}},
 	)
@@ -85,7 +87,7 @@ func (s *Service) postalIface(name string) *iface {
 	}
 	return newIface(name,
 		&member{name: "Post", in: []string{"ss"}, handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
@@ -96,30 +98,30 @@ func (s *Service) postalIface(name string) *iface {
 			if !json.Valid([]byte(payload)) {
 				return nil, s.errorf(c.iface, "BadJSON", "bad json data: the message is not valid JSON")
 			}
-			if err := s.backend.Post(ctx, app.Base(), []byte(payload)); err != nil {
-				return nil, fmt.Errorf("cannot post to %q: %w", app.Base(), err)
+			if err := s.backend.Post(ctx, aid.Base(), []byte(payload)); err != nil {
+				return nil, fmt.Errorf("cannot post to %q: %w", aid.Base(), err)
 			}
 			return nil, nil
 		}},
 		&member{name: "PopAll", in: []string{"s"}, out: "as", handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
-			msgs, err := s.backend.PopAll(ctx, app.Base())
+			msgs, err := s.backend.PopAll(ctx, aid.Base())
 			if err != nil {
-				return nil, fmt.Errorf("cannot read messages of %q: %w", app.Base(), err)
+				return nil, fmt.Errorf("cannot read messages of %q: %w", aid.Base(), err)
 			}
 			return strs(msgs), nil
 		}},
 		&member{name: "ListPersistent", in: []string{"s"}, out: "as", handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
-			tags, err := s.backend.ListPersistent(ctx, app.Base())
+			tags, err := s.backend.ListPersistent(ctx, aid.Base())
 			if err != nil {
-				return nil, fmt.Errorf("cannot list notifications of %q: %w", app.Base(), err)
+				return nil, fmt.Errorf("cannot list notifications of %q: %w", aid.Base(), err)
 			}
 			return strs(tags), nil
 		}},
@@ -136,14 +138,14 @@ func (s *Service) postalIface(name string) *iface {
 			return s.clearPersistent(ctx, c, tags)
 		}},
 		&member{name: "SetCounter", in: []string{"sib"}, handle: func(ctx context.Context, c *call) ([]any, error) {
-			app, err := s.lomiriApp(ctx, c)
+			aid, err := s.lomiriApp(ctx, c)
 			if err != nil {
 				return nil, err
 			}
 			count, _ := c.args[1].(int32)
 			visible, _ := c.args[2].(bool)
-			if err := s.backend.SetCounter(ctx, app.Base(), count, visible); err != nil {
-				return nil, fmt.Errorf("cannot set counter of %q: %w", app.Base(), err)
+			if err := s.backend.SetCounter(ctx, aid.Base(), count, visible); err != nil {
+				return nil, fmt.Errorf("cannot set counter of %q: %w", aid.Base(), err)
 			}
 			return nil, nil
 		}},
@@ -151,13 +153,13 @@ func (s *Service) postalIface(name string) *iface {
 }
 
 func (s *Service) clearPersistent(ctx context.Context, c *call, tags []string) ([]any, error) {
-	app, err := s.lomiriApp(ctx, c)
+	aid, err := s.lomiriApp(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.backend.ClearPersistent(ctx, app.Base(), tags)
+	n, err := s.backend.ClearPersistent(ctx, aid.Base(), tags)
 	if err != nil {
-		return nil, fmt.Errorf("cannot clear notifications of %q: %w", app.Base(), err)
+		return nil, fmt.Errorf("cannot clear notifications of %q: %w", aid.Base(), err)
 	}
 	return []any{n}, nil
 }
@@ -165,7 +167,7 @@ func (s *Service) clearPersistent(ctx context.Context, c *call, tags []string) (
 // EmitPost emits the Post(app_id) signal on /com/{lomiri,ubuntu}/Postal/<quoted
 // package> for both name families. appID is sent as given.
 func (s *Service) EmitPost(appID string) error {
-	app, err := ParseAppID(appID)
+	aid, err := app.ParseID(appID)
 	if err != nil {
 		return fmt.Errorf("cannot emit Post: %w", err)
 	}
@@ -174,7 +176,7 @@ func (s *Service) EmitPost(appID string) error {
 		return err
 	}
 	for _, fam := range []string{"lomiri", "ubuntu"} {
-		path := dbus.ObjectPath("/com/" + fam + "/Postal/" + Quote(app.Package))
+		path := dbus.ObjectPath("/com/" + fam + "/Postal/" + app.Quote(aid.Package))
 		if err := conn.Emit(path, "com."+fam+".Postal.Post", appID); err != nil {
 			return fmt.Errorf("cannot emit Post for %q: %w", appID, err)
 		}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Bus names the Service owns.
@@ -302,7 +304,7 @@ func (s *Service) sameUser(ifaceName string, id Identity) error {
 }
 
 // authorizeApp checks that the caller may act for app.
-func (s *Service) authorizeApp(ctx context.Context, c *call, app AppID) error {
+func (s *Service) authorizeApp(ctx context.Context, c *call, aid app.ID) error {
 	id, err := s.callerIdentity(ctx, c.sender)
 	if err != nil {
 		return err
@@ -313,8 +315,8 @@ func (s *Service) authorizeApp(ctx context.Context, c *call, app AppID) error {
 	switch {
 	case id.Confined && id.AppID == "":
 		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not use push notifications", id)
-	case id.Confined && id.AppID != app.Base():
-		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not act for app %q", id, app.String())
+	case id.Confined && id.AppID != aid.Base():
+		return s.errorf(c.iface, "AccessDenied", "access denied: %s may not act for app %q", id, aid.String())
 	case !id.Confined && s.cfg.RequireConfinement:
 		return s.errorf(c.iface, "AccessDenied", "access denied: %s refused, only confined apps are accepted (require_confinement)", id)
 	}

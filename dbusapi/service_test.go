@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/testbus"
 )
 
@@ -122,7 +123,7 @@ func (f *fakeBackend) Status(context.Context) Status {
 	return Status{State: "idle", Server: "wss://push.example"}
 }
 func (f *fakeBackend) Registrations(context.Context) ([]Registration, error) {
-	return []Registration{{AppID: "com.example.app_app", Kind: KindLomiri, Endpoint: "https://push.example/wpush/v1/x", Queued: 2, Registered: time.Unix(1700000000, 0)}},
+	return []Registration{{AppID: "com.example.app_app", Kind: app.KindLomiri, Endpoint: "https://push.example/wpush/v1/x", Queued: 2, Registered: time.Unix(1700000000, 0)}},
 		f.record("Registrations")
 }
 func (f *fakeBackend) Inbox(_ context.Context, appID string) ([]InboxEntry, error) {

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // UnifiedPush limits and result strings (DBUS_0.3.0 and v2).
@@ -47,29 +49,6 @@ func failUP(reason, format string, args ...any) *upFailure {
 	return &upFailure{reason: reason, msg: fmt.Sprintf(format, args...)}
 }
 
-// ValidBusName reports whether s is a valid well-known D-Bus bus name.
-func ValidBusName(s string) bool {
-	if len(s) == 0 || len(s) > 255 || s[0] == ':' || s[0] == '.' {
-		return false
-	}
-	elems := strings.Split(s, ".")
-	if len(elems) < 2 {
-		return false
-	}
-	for _, e := range elems {
-		if e == "" || e[0] >= '0' && e[0] <= '9' {
-			return false
-		}
-		for i := 0; i < len(e); i++ {
-			c := e[i]
-			if !isAlnum(c) && c != '_' && c != '-' {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // ValidVAPIDKey reports whether k looks like an uncompressed P-256 public
 // key in unpadded base64url: 87 characters of the base64url alphabet,
 // starting with "B" (the 0x04 prefix byte).
@@ -79,7 +58,7 @@ func ValidVAPIDKey(k string) bool {
 	}
 	for i := 0; i < len(k); i++ {
 		c := k[i]
-		if !isAlnum(c) && c != '-' && c != '_' {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
 			return false
 		}
 	}
@@ -89,7 +68,7 @@ func ValidVAPIDKey(k string) bool {
 // checkUPRegistration validates the connector's parameters.
 func checkUPRegistration(r UPRegistration) error {
 	switch {
-	case !ValidBusName(r.Service):
+	case !app.ValidBusName(r.Service):
 		return failUP(ReasonInternal, "invalid service name %q", truncate(r.Service, 80))
 	case r.Token == "" || len(r.Token) > MaxUPToken || !utf8.ValidString(r.Token):
 		return failUP(ReasonInternal, "token must be 1 to %d bytes of UTF-8, got %d bytes", MaxUPToken, len(r.Token))
@@ -244,7 +223,7 @@ func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (st
 	if err != nil {
 		return "", err
 	}
-	if !ValidBusName(r.Service) {
+	if !app.ValidBusName(r.Service) {
 		// Flutter's connector sends its instance name ("default"): call
 		// back the caller's own well-known name, and keep both.
 		if r.Service == "" || len(r.Service) > 255 || !utf8.ValidString(r.Service) {
@@ -279,6 +258,9 @@ func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (st
 	if r.AppID == "" {
 		r.AppID = r.Service
 	}
+	if _, err := app.ParseID(r.AppID); err != nil {
+		return "", failUP(ReasonInternal, "service name %q is not usable as an application id", truncate(r.Service, 80))
+	}
 	endpoint, err := s.backend.RegisterUnifiedPush(ctx, r)
 	if err != nil {
 		reason := ReasonInternal
@@ -295,7 +277,7 @@ func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (st
 		s.log.Warn("unifiedpush registration failed", "app_id", r.AppID, "service", r.Service, "reason", reason, "err", err)
 		return "", failUP(reason, "registration failed: %v", err)
 	}
-	s.log.Info("app registered", "app_id", r.AppID, "kind", string(KindUnifiedPush), "service", r.Service, "instance", r.Instance, "version", r.Version)
+	s.log.Info("app registered", "app_id", r.AppID, "kind", string(app.KindUnifiedPush), "service", r.Service, "instance", r.Instance, "version", r.Version)
 	// NewEndpoint goes out once the Register reply was written.
 	c.afterReply = func() { s.goNewEndpoint(r.Service, r.Token, endpoint, r.Version) }
 	return endpoint, nil
@@ -440,7 +422,7 @@ func (s *Service) ensureStarted(ctx context.Context, conn *dbus.Conn, service st
 }
 
 func (s *Service) connector(ctx context.Context, service string) (dbus.BusObject, error) {
-	if !ValidBusName(service) {
+	if !app.ValidBusName(service) {
 		return nil, fmt.Errorf("invalid connector service name %q", service)
 	}
 	conn, err := s.getConn()

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Dirs are the directories a Finder searches. The caller fills them from the
@@ -141,28 +143,28 @@ func (f *Finder) heraldDirs() []string {
 //
 // Lookup does not check that the executable exists; see Helper.Check.
 func (f *Finder) Lookup(appID string) (Helper, bool) {
-	id, ok := parseAppID(appID)
-	if !ok {
+	id, err := app.ParseID(appID)
+	if err != nil {
 		return Helper{}, false
 	}
 	for _, dir := range f.heraldDirs() {
-		for _, name := range id.names() {
+		for _, name := range id.HelperNames() {
 			p := filepath.Join(dir, name+".json")
 			m, ok := f.manifest(p)
-			if !ok || (m.AppID != "" && m.AppID != id.full && m.AppID != id.base) {
+			if !ok || (m.AppID != "" && m.AppID != id.String() && m.AppID != id.Base()) {
 				continue
 			}
 			return Helper{AppID: appID, Exec: m.exec, Source: p}, true
 		}
 	}
-	if id.pkg != "" && f.dirs.LomiriDataHome != "" {
+	if id.Form == app.FormClick && f.dirs.LomiriDataHome != "" {
 		for _, sub := range lomiriSubdirs {
 			p := filepath.Join(f.dirs.LomiriDataHome, sub, "helpers_data.json")
 			data, ok := f.helpersData(p)
 			if !ok {
 				continue
 			}
-			for _, key := range []string{id.base, id.pkg} {
+			for _, key := range []string{id.Base(), id.Package} {
 				if e, ok := data[key]; ok {
 					return Helper{AppID: appID, Exec: e.Exec, Source: p, Profile: hookProfile(e.HelperID)}, true
 				}
@@ -171,20 +173,20 @@ func (f *Finder) Lookup(appID string) (Helper, bool) {
 		for _, sub := range lomiriSubdirs {
 			dir := filepath.Join(f.dirs.LomiriDataHome, sub, "helpers")
 			for _, name := range f.listDir(dir) {
-				if !strings.HasPrefix(name, id.pkg+"_") || !strings.HasSuffix(name, ".json") {
+				if !strings.HasPrefix(name, id.Package+"_") || !strings.HasSuffix(name, ".json") {
 					continue
 				}
 				p := filepath.Join(dir, name)
 				m, ok := f.manifest(p)
-				if ok && (m.AppID == "" || m.AppID == id.base) {
+				if ok && (m.AppID == "" || m.AppID == id.Base()) {
 					return Helper{AppID: appID, Exec: m.exec, Source: p, Profile: hookProfile(strings.TrimSuffix(name, ".json"))}, true
 				}
 			}
 		}
 	}
-	if id.legacy {
+	if id.Form == app.FormLegacy {
 		for _, dir := range f.dirs.LegacyDirs {
-			p := filepath.Join(dir, id.base)
+			p := filepath.Join(dir, id.App)
 			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
 				return Helper{AppID: appID, Exec: p, Source: dir}, true
 			}
@@ -254,8 +256,7 @@ func (f *Finder) List() []Helper {
 // hookProfile returns the click hook id <pkg>_<hook>_<version> when id is
 // one, else "".
 func hookProfile(id string) string {
-	parts := strings.Split(id, "_")
-	if len(parts) != 3 || !clickID.MatchString(id) {
+	if a, err := app.ParseID(id); err != nil || a.Form != app.FormClick || a.Version == "" {
 		return ""
 	}
 	return id

@@ -241,23 +241,3 @@ func TestHelperCheck(t *testing.T) {
 		})
 	}
 }
-
-func FuzzParseAppID(f *testing.F) {
-	for _, s := range []string{"com.example.app_app_1.0", "_legacy", "org.example.App", "..", "a/b", "_./x", "pkg_app"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		id, ok := parseAppID(s)
-		if !ok {
-			return
-		}
-		for _, n := range id.names() {
-			if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") || strings.HasPrefix(n, ".") {
-				t.Fatalf("app id %q gives unsafe file name %q", s, n)
-			}
-		}
-		if id.legacy && (id.base == "" || strings.Contains(id.base, "/")) {
-			t.Fatalf("legacy app id %q gives name %q", s, id.base)
-		}
-	})
-}

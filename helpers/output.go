@@ -7,53 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Output is what a helper produced for one message: Message is queued for the
 // app (PopAll), Notification is presented. Both may be nil.
 type Output struct {
 	Message      json.RawMessage
-	Notification *Notification
-}
-
-// Notification is the "notification" object of the helper output.
-type Notification struct {
-	Tag           string
-	Card          *Card          // nil: no bubble, no persistent entry
-	Sound         *Sound         // nil: silent
-	Vibrate       *Vibration     // nil: no vibration
-	EmblemCounter *EmblemCounter // nil: counter unchanged
-}
-
-// Card is the visible part of a notification. ParseOutput drops a card
-// without a summary, so a non-nil Card always has one.
-type Card struct {
-	Summary, Body, Icon string
-	Actions             []string // URLs; the first is the default action
-	Timestamp           int64    // seconds since the epoch; 0 means now
-	Persist, Popup      bool
-}
-
-// Sound is "sound": true (Default) or "sound": "path" (Path, relative to the
-// app's sound directories).
-type Sound struct {
-	Default bool
-	Path    string
-}
-
-// Vibration is "vibrate": true (Default) or {"pattern": [ms…], "repeat": n}.
-// ParseOutput normalises Repeat 0 to 1 and drops a vibration with an empty
-// pattern.
-type Vibration struct {
-	Default bool
-	Pattern []uint32
-	Repeat  uint32
-}
-
-// EmblemCounter is the launcher badge of the app.
-type EmblemCounter struct {
-	Count   int32
-	Visible bool
+	Notification *app.Notification
 }
 
 // Errors wrapped by ParseOutput and Runner.Process. Callers branch on them
@@ -103,12 +65,12 @@ func ParseOutput(b []byte) (*Output, error) {
 	return out, nil
 }
 
-func parseNotification(raw json.RawMessage) (*Notification, error) {
+func parseNotification(raw json.RawMessage) (*app.Notification, error) {
 	obj, err := object(raw)
 	if err != nil || obj == nil {
 		return nil, err
 	}
-	n := &Notification{}
+	n := &app.Notification{}
 	if n.Tag, err = str(obj["tag"]); err != nil {
 		return nil, fmt.Errorf("tag: %w", err)
 	}
@@ -123,12 +85,12 @@ func parseNotification(raw json.RawMessage) (*Notification, error) {
 	return n, nil
 }
 
-func parseCard(raw json.RawMessage) (*Card, error) {
+func parseCard(raw json.RawMessage) (*app.Card, error) {
 	obj, err := object(raw)
 	if err != nil || obj == nil {
 		return nil, err
 	}
-	c := &Card{}
+	c := &app.Card{}
 	fields := []struct {
 		name string
 		dst  *string
@@ -162,7 +124,7 @@ func parseCard(raw json.RawMessage) (*Card, error) {
 // parseSound reads "sound" as upstream: true is the default sound, a
 // non-empty string a sound path, anything else (false, a number, an
 // object…) no sound.
-func parseSound(raw json.RawMessage) *Sound {
+func parseSound(raw json.RawMessage) *app.Sound {
 	var v any
 	if raw == nil || json.Unmarshal(raw, &v) != nil {
 		return nil
@@ -170,11 +132,11 @@ func parseSound(raw json.RawMessage) *Sound {
 	switch v := v.(type) {
 	case bool:
 		if v {
-			return &Sound{Default: true}
+			return &app.Sound{Default: true}
 		}
 	case string:
 		if v != "" {
-			return &Sound{Path: v}
+			return &app.Sound{Path: v}
 		}
 	}
 	return nil
@@ -184,14 +146,14 @@ func parseSound(raw json.RawMessage) *Sound {
 // vibration, an object with a non-empty "pattern" of uint32 milliseconds
 // (and an optional uint32 "repeat", 0 meaning 1) a pattern; anything else,
 // including a wrongly typed pattern, no vibration.
-func parseVibration(raw json.RawMessage) *Vibration {
+func parseVibration(raw json.RawMessage) *app.Vibration {
 	if raw == nil || bytes.Equal(raw, jsonNull) {
 		return nil
 	}
 	var b bool
 	if err := json.Unmarshal(raw, &b); err == nil {
 		if b {
-			return &Vibration{Default: true}
+			return &app.Vibration{Default: true}
 		}
 		return nil
 	}
@@ -205,15 +167,15 @@ func parseVibration(raw json.RawMessage) *Vibration {
 	if w.Repeat == 0 {
 		w.Repeat = 1
 	}
-	return &Vibration{Pattern: w.Pattern, Repeat: w.Repeat}
+	return &app.Vibration{Pattern: w.Pattern, Repeat: w.Repeat}
 }
 
-func parseCounter(raw json.RawMessage) (*EmblemCounter, error) {
+func parseCounter(raw json.RawMessage) (*app.EmblemCounter, error) {
 	obj, err := object(raw)
 	if err != nil || obj == nil {
 		return nil, err
 	}
-	c := &EmblemCounter{}
+	c := &app.EmblemCounter{}
 	if err := decode(obj["count"], &c.Count); err != nil {
 		return nil, fmt.Errorf("count: %w", err)
 	}
@@ -296,67 +258,13 @@ func PayloadOutput(payload []byte) *Output {
 
 type wireOutput struct {
 	Message      json.RawMessage   `json:"message,omitempty"`
-	Notification *wireNotification `json:"notification,omitempty"`
+	Notification *app.Notification `json:"notification,omitempty"`
 }
 
-type wireNotification struct {
-	Tag           string       `json:"tag,omitempty"`
-	Card          *wireCard    `json:"card,omitempty"`
-	Sound         any          `json:"sound,omitempty"`
-	Vibrate       any          `json:"vibrate,omitempty"`
-	EmblemCounter *wireCounter `json:"emblem-counter,omitempty"`
-}
-
-type wireCard struct {
-	Summary   string   `json:"summary"`
-	Body      string   `json:"body,omitempty"`
-	Actions   []string `json:"actions,omitempty"`
-	Icon      string   `json:"icon,omitempty"`
-	Timestamp int64    `json:"timestamp,omitempty"`
-	Persist   bool     `json:"persist,omitempty"`
-	Popup     bool     `json:"popup,omitempty"`
-}
-
-type wireVibration struct {
-	Pattern []uint32 `json:"pattern"`
-	Repeat  uint32   `json:"repeat,omitempty"`
-}
-
-type wireCounter struct {
-	Count   int32 `json:"count"`
-	Visible bool  `json:"visible"`
-}
-
-// MarshalJSON writes o in the helper output schema; ParseOutput reads it back
-// to an equal Output.
+// MarshalJSON writes o in the helper output schema (the JSON form of
+// app.Notification); ParseOutput reads it back to an equal Output.
 func (o Output) MarshalJSON() ([]byte, error) {
-	w := wireOutput{Message: o.Message}
-	if n := o.Notification; n != nil {
-		wn := &wireNotification{Tag: n.Tag}
-		if c := n.Card; c != nil {
-			wn.Card = &wireCard{Summary: c.Summary, Body: c.Body, Actions: c.Actions, Icon: c.Icon,
-				Timestamp: c.Timestamp, Persist: c.Persist, Popup: c.Popup}
-		}
-		if s := n.Sound; s != nil {
-			if s.Default {
-				wn.Sound = true
-			} else if s.Path != "" {
-				wn.Sound = s.Path
-			}
-		}
-		if v := n.Vibrate; v != nil {
-			if v.Default {
-				wn.Vibrate = true
-			} else if len(v.Pattern) > 0 {
-				wn.Vibrate = wireVibration{Pattern: v.Pattern, Repeat: v.Repeat}
-			}
-		}
-		if e := n.EmblemCounter; e != nil {
-			wn.EmblemCounter = &wireCounter{Count: e.Count, Visible: e.Visible}
-		}
-		w.Notification = wn
-	}
-	return marshalNoEscape(w)
+	return marshalNoEscape(wireOutput{Message: o.Message, Notification: o.Notification})
 }
 
 // marshalNoEscape marshals v without HTML escaping, so that a message is

@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/heraldpush/herald/app"
 )
 
 func TestParseOutput(t *testing.T) {
@@ -27,26 +29,26 @@ func TestParseOutput(t *testing.T) {
 				"sound": true,
 				"vibrate": {"pattern": [200, 100], "repeat": 2},
 				"emblem-counter": {"count": 12, "visible": true} } }`,
-			&Output{Message: json.RawMessage(`"m"`), Notification: &Notification{
+			&Output{Message: json.RawMessage(`"m"`), Notification: &app.Notification{
 				Tag: "foo",
-				Card: &Card{Summary: "Hi", Actions: []string{"appid://com.example.app/app/current-user-version"},
+				Card: &app.Card{Summary: "Hi", Actions: []string{"appid://com.example.app/app/current-user-version"},
 					Icon: "path-or-icon-name", Timestamp: 1407160197, Persist: true, Popup: true},
-				Sound:         &Sound{Default: true},
-				Vibrate:       &Vibration{Pattern: []uint32{200, 100}, Repeat: 2},
-				EmblemCounter: &EmblemCounter{Count: 12, Visible: true},
+				Sound:         &app.Sound{Default: true},
+				Vibrate:       &app.Vibration{Pattern: []uint32{200, 100}, Repeat: 2},
+				EmblemCounter: &app.EmblemCounter{Count: 12, Visible: true},
 			}}},
 		{"card without summary dropped", `{"notification": {"card": {"body": "x", "popup": true}}}`,
-			&Output{Notification: &Notification{}}},
+			&Output{Notification: &app.Notification{}}},
 		{"sound path, vibrate true, repeat default", `{"notification": {"sound": "a.ogg", "vibrate": true}}`,
-			&Output{Notification: &Notification{Sound: &Sound{Path: "a.ogg"}, Vibrate: &Vibration{Default: true}}}},
+			&Output{Notification: &app.Notification{Sound: &app.Sound{Path: "a.ogg"}, Vibrate: &app.Vibration{Default: true}}}},
 		{"false sound and vibrate are none", `{"notification": {"sound": false, "vibrate": false}}`,
-			&Output{Notification: &Notification{}}},
+			&Output{Notification: &app.Notification{}}},
 		{"empty pattern is none, repeat 0 is 1", `{"notification": {"vibrate": {"pattern": []}, "tag": "a"}, "message": 1}`,
-			&Output{Message: json.RawMessage(`1`), Notification: &Notification{Tag: "a"}}},
+			&Output{Message: json.RawMessage(`1`), Notification: &app.Notification{Tag: "a"}}},
 		{"repeat 0 means 1", `{"notification": {"vibrate": {"pattern": [5]}}}`,
-			&Output{Notification: &Notification{Vibrate: &Vibration{Pattern: []uint32{5}, Repeat: 1}}}},
+			&Output{Notification: &app.Notification{Vibrate: &app.Vibration{Pattern: []uint32{5}, Repeat: 1}}}},
 		{"unknown fields and nulls ignored", `{"x": 1, "notification": {"y": [], "card": {"summary": "s", "body": null, "z": {}}, "emblem-counter": null}}`,
-			&Output{Notification: &Notification{Card: &Card{Summary: "s"}}}},
+			&Output{Notification: &app.Notification{Card: &app.Card{Summary: "s"}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,7 +67,7 @@ func TestParseOutput(t *testing.T) {
 // refused it: {} and null, unknown fields only, and a wrongly typed "sound"
 // or "vibrate", which only means no sound or no vibration.
 func TestParseOutputLenient(t *testing.T) {
-	card := &Card{Summary: "s"}
+	card := &app.Card{Summary: "s"}
 	for _, tt := range []struct {
 		in   string
 		want *Output
@@ -75,15 +77,15 @@ func TestParseOutputLenient(t *testing.T) {
 		{`{"other": 1}`, &Output{}},
 		{`{"notification": null}`, &Output{}},
 		{`{"message": null}`, &Output{Message: json.RawMessage(`null`)}},
-		{`{"notification": {"card": {"summary": "s"}, "sound": 1}}`, &Output{Notification: &Notification{Card: card}}},
-		{`{"notification": {"card": {"summary": "s"}, "sound": {}}}`, &Output{Notification: &Notification{Card: card}}},
-		{`{"notification": {"card": {"summary": "s"}, "vibrate": "yes"}}`, &Output{Notification: &Notification{Card: card}}},
-		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [-1]}}}`, &Output{Notification: &Notification{Card: card}}},
-		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [4294967296]}}}`, &Output{Notification: &Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "sound": 1}}`, &Output{Notification: &app.Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "sound": {}}}`, &Output{Notification: &app.Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": "yes"}}`, &Output{Notification: &app.Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [-1]}}}`, &Output{Notification: &app.Notification{Card: card}}},
+		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [4294967296]}}}`, &Output{Notification: &app.Notification{Card: card}}},
 		{`{"notification": {"card": {"summary": "s"}, "vibrate": {"pattern": [1], "repeat": -1}}, "message": 2}`,
-			&Output{Message: json.RawMessage(`2`), Notification: &Notification{Card: card}}},
+			&Output{Message: json.RawMessage(`2`), Notification: &app.Notification{Card: card}}},
 		{`{"notification": {"card": {"summary": "s"}, "sound": "a.ogg", "vibrate": {"pattern": [5, 6]}}}`,
-			&Output{Notification: &Notification{Card: card, Sound: &Sound{Path: "a.ogg"}, Vibrate: &Vibration{Pattern: []uint32{5, 6}, Repeat: 1}}}},
+			&Output{Notification: &app.Notification{Card: card, Sound: &app.Sound{Path: "a.ogg"}, Vibrate: &app.Vibration{Pattern: []uint32{5, 6}, Repeat: 1}}}},
 	} {
 		got, err := ParseOutput([]byte(tt.in))
 		if err != nil {
@@ -133,7 +135,7 @@ func TestPayloadMessage(t *testing.T) {
 
 func TestPayloadOutput(t *testing.T) {
 	got := PayloadOutput([]byte(`{"message": "m", "notification": {"card": {"summary": "s", "popup": true}}}`))
-	want := &Output{Message: json.RawMessage(`"m"`), Notification: &Notification{Card: &Card{Summary: "s", Popup: true}}}
+	want := &Output{Message: json.RawMessage(`"m"`), Notification: &app.Notification{Card: &app.Card{Summary: "s", Popup: true}}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("valid output payload (-want +got):\n%s", d)
 	}

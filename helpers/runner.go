@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Defaults for the zero fields of Config.
@@ -393,8 +395,8 @@ func profileLoaded(list []byte, name string) bool {
 // scratchDir is where the in and out files of appID's helper go: the click
 // package's cache dir as upstream, else TempDir.
 func (r *Runner) scratchDir(appID string) string {
-	if id, ok := parseAppID(appID); ok && id.pkg != "" && r.cfg.CacheHome != "" {
-		return filepath.Join(r.cfg.CacheHome, id.pkg)
+	if id, err := app.ParseID(appID); err == nil && id.Form == app.FormClick && r.cfg.CacheHome != "" {
+		return filepath.Join(r.cfg.CacheHome, id.Package)
 	}
 	return r.cfg.TempDir
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // testEnv is a data home with helpers installed from testdata.
@@ -73,11 +75,11 @@ func TestProcessTransforms(t *testing.T) {
 	}
 	want := &Output{
 		Message: json.RawMessage(`{"got":"hello","app":"com.example.app_app_1.0","msg":"m1","modes":"600 600"}`),
-		Notification: &Notification{
+		Notification: &app.Notification{
 			Tag:   "t1",
-			Card:  &Card{Summary: "hello", Body: "b", Popup: true, Persist: true, Actions: []string{"appid://x/y/current-user-version"}},
-			Sound: &Sound{Default: true}, Vibrate: &Vibration{Pattern: []uint32{200, 100}, Repeat: 1},
-			EmblemCounter: &EmblemCounter{Count: 3, Visible: true},
+			Card:  &app.Card{Summary: "hello", Body: "b", Popup: true, Persist: true, Actions: []string{"appid://x/y/current-user-version"}},
+			Sound: &app.Sound{Default: true}, Vibrate: &app.Vibration{Pattern: []uint32{200, 100}, Repeat: 1},
+			EmblemCounter: &app.EmblemCounter{Count: 3, Visible: true},
 		},
 	}
 	if d := cmp.Diff(want, got); d != "" {
@@ -98,7 +100,7 @@ func TestProcessWithoutHelper(t *testing.T) {
 			want    *Output
 		}{
 			{`{"message": 1, "notification": {"card": {"summary": "s"}}}`,
-				&Output{Message: json.RawMessage(`1`), Notification: &Notification{Card: &Card{Summary: "s"}}}},
+				&Output{Message: json.RawMessage(`1`), Notification: &app.Notification{Card: &app.Card{Summary: "s"}}}},
 			{`{"other": 1}`, &Output{Message: json.RawMessage(`{"other": 1}`)}},
 			{`plain text`, &Output{Message: json.RawMessage(`"plain text"`)}},
 		}

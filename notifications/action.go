@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // maxActionURL bounds an action URL.
@@ -33,7 +35,7 @@ var ErrForeignURL = errors.New("action url does not belong to the app")
 //
 // Everything else, including a URL with control characters or longer than
 // 2048 bytes, is refused with an error wrapping ErrForeignURL.
-func CheckActionURL(appID string, e *DesktopEntry, raw string) error {
+func CheckActionURL(appID string, e *app.DesktopEntry, raw string) error {
 	if raw == "" || len(raw) > maxActionURL {
 		return fmt.Errorf("%w: empty or longer than %d bytes", ErrForeignURL, maxActionURL)
 	}
@@ -47,18 +49,28 @@ func CheckActionURL(appID string, e *DesktopEntry, raw string) error {
 		return fmt.Errorf("%w: %w", ErrForeignURL, err)
 	}
 	scheme := strings.ToLower(u.Scheme)
-	p := splitAppID(appID)
+	aid, err := app.ParseID(appID)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrForeignURL, err)
+	}
 	switch scheme {
 	case "":
 		return fmt.Errorf("%w: %q has no scheme", ErrForeignURL, raw)
 	case "appid":
-		if p.click {
+		switch aid.Form {
+		case app.FormClick, app.FormLegacy: // appid://<pkg>/<app>/<version>, legacy package "_"
+			pkg := aid.Package
+			if aid.Form == app.FormLegacy {
+				pkg = "_"
+			}
 			parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
-			if u.Host == p.pkg && len(parts) >= 1 && parts[0] == p.app {
+			if u.Host == pkg && len(parts) >= 1 && parts[0] == aid.App {
 				return nil
 			}
-		} else if u.Host == appID {
-			return nil
+		default:
+			if u.Host == appID {
+				return nil
+			}
 		}
 		return fmt.Errorf("%w: %q names another app than %q", ErrForeignURL, raw, appID)
 	case "application":
@@ -79,7 +91,7 @@ type LaunchRequest struct {
 	AppID string
 	URL   string
 	// Entry is the app's desktop entry, nil when none was found.
-	Entry *DesktopEntry
+	Entry *app.DesktopEntry
 }
 
 // Launcher opens an app on an action URL. Implementations must be safe for
@@ -140,11 +152,11 @@ func dbusAppPath(id string) dbus.ObjectPath {
 	return dbus.ObjectPath("/" + strings.ReplaceAll(strings.ReplaceAll(id, ".", "/"), "-", "_"))
 }
 
-func (l *AppLauncher) open(ctx context.Context, e *DesktopEntry, u string) error {
+func (l *AppLauncher) open(ctx context.Context, e *app.DesktopEntry, u string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	path := dbusAppPath(e.ID)
-	if !path.IsValid() || !validBusName(e.ID) {
+	if !path.IsValid() || !app.ValidBusName(e.ID) {
 		return fmt.Errorf("cannot open %q: invalid bus name", e.ID)
 	}
 	obj := l.Conn.Object(e.ID, path)
@@ -159,21 +171,4 @@ func (l *AppLauncher) open(ctx context.Context, e *DesktopEntry, u string) error
 		return fmt.Errorf("cannot open %q: %w", e.ID, call.Err)
 	}
 	return nil
-}
-
-func validBusName(s string) bool {
-	if s == "" || len(s) > 255 || !strings.Contains(s, ".") || s[0] == '.' {
-		return false
-	}
-	for _, el := range strings.Split(s, ".") {
-		if el == "" || el[0] >= '0' && el[0] <= '9' {
-			return false
-		}
-		for _, c := range el {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }

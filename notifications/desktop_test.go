@@ -11,29 +11,9 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/testbus"
 )
-
-func TestParseDesktopEntry(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("testdata", "entry.desktop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := ParseDesktopEntry(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := &DesktopEntry{Name: "Chat App", Icon: "chat", SymbolicIcon: "chat-sym", Exec: `chat "--title=a \"b\"" %U`,
-		DBusActivatable: true, Schemes: []string{"chat", "https"}}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("(-want +got):\n%s", diff)
-	}
-	for _, bad := range []string{"", "Name=x\n", "[Desktop Entry]\nnoequals\n", "[Desktop Entry\nName=x\n"} {
-		if _, err := ParseDesktopEntry([]byte(bad)); err == nil {
-			t.Errorf("ParseDesktopEntry(%q) succeeded", bad)
-		}
-	}
-}
 
 func TestExpandExec(t *testing.T) {
 	const u = "chat://room/1?a=b c"
@@ -56,7 +36,7 @@ func TestExpandExec(t *testing.T) {
 		{exec: `chat "bad \q"`, err: true},
 		{exec: "%u", want: []string{u}},
 	}
-	e := &DesktopEntry{Name: "Chat", Icon: "chat", Path: "/x/chat.desktop"}
+	e := &app.DesktopEntry{Name: "Chat", Icon: "chat", Path: "/x/chat.desktop"}
 	for _, tt := range tests {
 		e.Exec = tt.exec
 		got, err := ExpandExec(e, u)
@@ -118,10 +98,10 @@ func TestFindDesktopEntry(t *testing.T) {
 }
 
 func TestCheckActionURL(t *testing.T) {
-	entry := &DesktopEntry{ID: "com.ex.chat_chat", Schemes: []string{"chat", "https"}}
+	entry := &app.DesktopEntry{ID: "com.ex.chat_chat", Schemes: []string{"chat", "https"}}
 	tests := []struct {
 		appID string
-		e     *DesktopEntry
+		e     *app.DesktopEntry
 		url   string
 		ok    bool
 	}{
@@ -215,9 +195,9 @@ func (a *fakeApp) Activate(map[string]dbus.Variant) *dbus.Error { a.opened <- ni
 
 func TestAppLauncher(t *testing.T) {
 	bus := testbus.Start(t)
-	app := &fakeApp{opened: make(chan []string, 1)}
+	testApp := &fakeApp{opened: make(chan []string, 1)}
 	appConn := bus.Conn(t)
-	if err := appConn.Export(app, "/org/example/Chat_app", "org.freedesktop.Application"); err != nil {
+	if err := appConn.Export(testApp, "/org/example/Chat_app", "org.freedesktop.Application"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := appConn.RequestName("org.example.Chat-app", dbus.NameFlagDoNotQueue); err != nil {
@@ -226,12 +206,12 @@ func TestAppLauncher(t *testing.T) {
 	l := &AppLauncher{Conn: bus.Conn(t)}
 	ctx := context.Background()
 	err := l.Launch(ctx, LaunchRequest{AppID: "org.example.Chat-app", URL: "chat://x",
-		Entry: &DesktopEntry{ID: "org.example.Chat-app", DBusActivatable: true, Exec: "false"}})
+		Entry: &app.DesktopEntry{ID: "org.example.Chat-app", DBusActivatable: true, Exec: "false"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case got := <-app.opened:
+	case got := <-testApp.opened:
 		if !cmp.Equal(got, []string{"chat://x"}) {
 			t.Fatalf("Open(%q)", got)
 		}
@@ -244,7 +224,7 @@ func TestAppLauncher(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "argv.json")
-	e := &DesktopEntry{ID: "chat", Exec: `env ` + recordEnv + `=` + out + ` "` + self + `" --open %u`}
+	e := &app.DesktopEntry{ID: "chat", Exec: `env ` + recordEnv + `=` + out + ` "` + self + `" --open %u`}
 	url := "chat://room/1?x=a b;$(rm -rf x)"
 	if err := l.Launch(ctx, LaunchRequest{AppID: "chat", URL: url, Entry: e}); err != nil {
 		t.Fatal(err)
@@ -261,7 +241,7 @@ func TestAppLauncher(t *testing.T) {
 	if !cmp.Equal(argv, []string{"--open", url}) {
 		t.Fatalf("app argv %q", argv)
 	}
-	if err := l.Launch(ctx, LaunchRequest{AppID: "chat", URL: "x", Entry: &DesktopEntry{Exec: "no-such-program-herald %u"}}); err == nil {
+	if err := l.Launch(ctx, LaunchRequest{AppID: "chat", URL: "x", Entry: &app.DesktopEntry{Exec: "no-such-program-herald %u"}}); err == nil {
 		t.Error("launching a missing program succeeded")
 	}
 }

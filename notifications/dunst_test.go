@@ -13,6 +13,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/harness"
 	"github.com/heraldpush/herald/internal/testbus"
 )
@@ -132,16 +133,16 @@ func TestDunst(t *testing.T) {
 
 	logs.wait(t, "notification presenter started", 1)
 
-	const app = "com.example.e2e_app_1.0"
-	for i, c := range []Card{
+	const testApp = "com.example.e2e_app_1.0"
+	for i, c := range []app.Card{
 		{Summary: "First", Body: "one", Popup: true, Persist: true, Actions: []string{"e2e://open/1"}},
 		{Summary: "Second", Body: "two", Popup: true, Persist: true, Actions: []string{"e2e://open/2?x=a b"}},
 	} {
-		if err := p.Present(ctx, Request{AppID: app, MsgID: "m", Tag: "chat", Card: &c}); err != nil {
+		if err := p.Present(ctx, Request{AppID: testApp, MsgID: "m", Tag: "chat", Card: &c}); err != nil {
 			t.Fatalf("Present %d: %v", i, err)
 		}
 	}
-	recs, _ := store.Notifications(ctx, app)
+	recs, _ := store.Notifications(ctx, testApp)
 	if len(recs) != 1 {
 		t.Fatalf("store holds %d records, want 1", len(recs))
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // FuzzSignalBody decodes wire bytes as a D-Bus message and checks that the
@@ -61,7 +63,7 @@ func FuzzExpandExec(f *testing.F) {
 		f.Add(s, "chat://room/1?a b")
 	}
 	f.Fuzz(func(t *testing.T, execLine, url string) {
-		e := &DesktopEntry{Exec: execLine, Name: "N", Icon: "i", Path: "/p"}
+		e := &app.DesktopEntry{Exec: execLine, Name: "N", Icon: "i", Path: "/p"}
 		argv, err := ExpandExec(e, url)
 		if err != nil {
 			return
@@ -95,24 +97,6 @@ func FuzzExpandExec(f *testing.F) {
 	})
 }
 
-// FuzzParseDesktopEntry checks that parsing never panics and that an entry
-// that parses keeps only scheme handlers that are lowercase and non-empty.
-func FuzzParseDesktopEntry(f *testing.F) {
-	f.Add([]byte("[Desktop Entry]\nName=A\nExec=a %u\nMimeType=x-scheme-handler/A;x-scheme-handler/;\n"))
-	f.Add([]byte("# c\n[Other]\nName=x\n[Desktop Entry]\nIcon=a\\sb\\\\\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		e, err := ParseDesktopEntry(data)
-		if err != nil {
-			return
-		}
-		for _, s := range e.Schemes {
-			if s == "" || s != strings.ToLower(s) {
-				t.Fatalf("scheme %q", s)
-			}
-		}
-	})
-}
-
 // FuzzCheckActionURL checks that an accepted URL has no control characters
 // and a scheme that belongs to the app.
 func FuzzCheckActionURL(f *testing.F) {
@@ -120,7 +104,7 @@ func FuzzCheckActionURL(f *testing.F) {
 	f.Add("org.ex.App", "chat://x")
 	f.Add("org.ex.App", "application:///org.ex.App.desktop")
 	f.Fuzz(func(t *testing.T, appID, raw string) {
-		e := &DesktopEntry{ID: "org.ex.App", Schemes: []string{"chat"}}
+		e := &app.DesktopEntry{ID: "org.ex.App", Schemes: []string{"chat"}}
 		if CheckActionURL(appID, e, raw) != nil {
 			return
 		}

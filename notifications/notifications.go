@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Names of org.freedesktop.Notifications (Desktop Notifications Specification).
@@ -51,41 +53,13 @@ const (
 	closedByCall    = 3
 )
 
-// Card is the visible part of a notification (the helper output's "card").
-type Card struct {
-	Summary, Body, Icon string
-	Actions             []string
-	Timestamp           int64
-	Persist, Popup      bool
-}
-
 // Request is one notification to present for an app.
 type Request struct {
 	AppID, MsgID, Tag string
-	Card              *Card
-	Sound             *Sound
-	Vibrate           *Vibration
-	Counter           *Counter
-}
-
-// Sound asks for the default message sound or an app's relative sound file.
-type Sound struct {
-	Default bool
-	Path    string
-}
-
-// Vibration asks for a vibration. feedbackd plays its theme's
-// "message-new-instant" event; Pattern and Repeat are not used by it.
-type Vibration struct {
-	Default bool
-	Pattern []uint32
-	Repeat  uint32
-}
-
-// Counter is an app's launcher emblem counter.
-type Counter struct {
-	Count   int32
-	Visible bool
+	Card              *app.Card
+	Sound             *app.Sound
+	Vibrate           *app.Vibration
+	Counter           *app.EmblemCounter
 }
 
 // Record is one shown notification, persisted by the daemon's store.
@@ -93,7 +67,7 @@ type Record struct {
 	ID         uint32
 	AppID, Tag string
 	MsgID      string
-	Card       Card
+	Card       app.Card
 	Shown      time.Time
 }
 
@@ -195,7 +169,7 @@ func New(o Options) *Presenter {
 // server, player or feedbackd is skipped; errors of the card or the counter
 // are returned joined, after everything else was tried.
 func (p *Presenter) Present(ctx context.Context, r Request) error {
-	if err := validAppID(r.AppID); err != nil {
+	if _, err := app.ParseID(r.AppID); err != nil {
 		return fmt.Errorf("cannot present: %w", err)
 	}
 	entry := p.desktopEntry(r.AppID)
@@ -240,7 +214,7 @@ func (p *Presenter) Present(ctx context.Context, r Request) error {
 	return errors.Join(errs...)
 }
 
-func (p *Presenter) desktopEntry(appID string) *DesktopEntry {
+func (p *Presenter) desktopEntry(appID string) *app.DesktopEntry {
 	e, err := findDesktopEntry(p.dataDirs, appID)
 	if err != nil {
 		p.log.Warn("desktop entry ignored", "app_id", appID, "err", err)
@@ -256,7 +230,7 @@ type notifyResult struct {
 
 // notify sends the card of r. reshow marks a persistent card shown again
 // after a restart: no bubble, no sound.
-func (p *Presenter) notify(ctx context.Context, r Request, entry *DesktopEntry, soundFile, soundName string, reshow bool) (notifyResult, error) {
+func (p *Presenter) notify(ctx context.Context, r Request, entry *app.DesktopEntry, soundFile, soundName string, reshow bool) (notifyResult, error) {
 	c := r.Card
 	if c.Summary == "" || (!c.Popup && !c.Persist) {
 		p.log.Debug("card not shown", "app_id", r.AppID, "msg_id", r.MsgID, "popup", c.Popup, "persist", c.Persist)
@@ -353,7 +327,7 @@ func (p *Presenter) notify(ctx context.Context, r Request, entry *DesktopEntry, 
 
 // symbolicIcon is X-Ubuntu-SymbolicIcon, else "<Icon>-symbolic" for a themed
 // icon name.
-func symbolicIcon(e *DesktopEntry) string {
+func symbolicIcon(e *app.DesktopEntry) string {
 	if e.SymbolicIcon != "" {
 		return e.SymbolicIcon
 	}
@@ -435,7 +409,7 @@ func (p *Presenter) play(appID, file, name string) {
 }
 
 // vibrate asks feedbackd for the message event when it runs.
-func (p *Presenter) vibrate(ctx context.Context, appID string, entry *DesktopEntry) {
+func (p *Presenter) vibrate(ctx context.Context, appID string, entry *app.DesktopEntry) {
 	const name = "org.sigxcpu.Feedback"
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -459,7 +433,7 @@ func (p *Presenter) vibrate(ctx context.Context, appID string, entry *DesktopEnt
 
 // SetCounter sets the app's launcher emblem counter.
 func (p *Presenter) SetCounter(ctx context.Context, appID string, count int32, visible bool) error {
-	if err := validAppID(appID); err != nil {
+	if _, err := app.ParseID(appID); err != nil {
 		return fmt.Errorf("cannot set counter: %w", err)
 	}
 	return p.setCounter(ctx, appID, p.desktopEntry(appID), count, visible)
@@ -469,8 +443,11 @@ func (p *Presenter) SetCounter(ctx context.Context, appID string, count int32, v
 // emitted from.
 const LauncherEntryPath = dbus.ObjectPath("/org/herald/LauncherEntry")
 
-func (p *Presenter) setCounter(ctx context.Context, appID string, entry *DesktopEntry, count int32, visible bool) error {
+func (p *Presenter) setCounter(ctx context.Context, appID string, entry *app.DesktopEntry, count int32, visible bool) error {
 	id := appID
+	if aid, err := app.ParseID(appID); err == nil {
+		id = aid.DesktopID()
+	}
 	if entry != nil {
 		id = entry.ID
 	}
@@ -496,12 +473,12 @@ func (p *Presenter) lomiriCounter(ctx context.Context, appID string, count int32
 	if err != nil || !has {
 		return
 	}
-	ap := splitAppID(appID)
-	id := appID
-	if ap.click {
-		id = ap.pkg + "_" + ap.app
+	aid, err := app.ParseID(appID)
+	if err != nil {
+		return
 	}
-	obj := p.conn.Object(name, dbus.ObjectPath("/com/canonical/Unity/Launcher/"+nihQuote(id)))
+	id := aid.DesktopID()
+	obj := p.conn.Object(name, dbus.ObjectPath("/com/canonical/Unity/Launcher/"+app.Quote(id)))
 	for _, kv := range []struct {
 		k string
 		v any
@@ -514,28 +491,10 @@ func (p *Presenter) lomiriCounter(ctx context.Context, appID string, count int32
 	}
 }
 
-// nihQuote quotes a path element as libnih: [A-Za-z0-9] kept, every other
-// byte "_" and two lowercase hex digits; empty → "_".
-func nihQuote(s string) string {
-	if s == "" {
-		return "_"
-	}
-	var sb strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			sb.WriteByte(c)
-		} else {
-			fmt.Fprintf(&sb, "_%02x", c)
-		}
-	}
-	return sb.String()
-}
-
 // ListPersistent returns the tags of the app's persistent notifications,
 // sorted, without duplicates; untagged ones have no tag to list.
 func (p *Presenter) ListPersistent(ctx context.Context, appID string) ([]string, error) {
-	if err := validAppID(appID); err != nil {
+	if _, err := app.ParseID(appID); err != nil {
 		return nil, fmt.Errorf("cannot list notifications: %w", err)
 	}
 	if p.store == nil {
@@ -559,7 +518,7 @@ func (p *Presenter) ListPersistent(ctx context.Context, appID string) ([]string,
 // tags (none: all of the app's persistent notifications) and deletes them
 // from the Store. It returns how many were deleted.
 func (p *Presenter) ClearPersistent(ctx context.Context, appID string, tags []string) (uint32, error) {
-	if err := validAppID(appID); err != nil {
+	if _, err := app.ParseID(appID); err != nil {
 		return 0, fmt.Errorf("cannot clear notifications: %w", err)
 	}
 	if p.store == nil {

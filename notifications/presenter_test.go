@@ -9,10 +9,12 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/heraldpush/herald/app"
 )
 
 func TestPresentNotifyArguments(t *testing.T) {
-	const app = "com.example.chat_chat_1.2"
+	const testApp = "com.example.chat_chat_1.2"
 	e := newEnv(t, newMemStore(), map[string]string{"com.example.chat_chat_1.2.desktop": chatEntry})
 	// Sounds of the app live in <data>/<pkg>/.
 	if err := os.MkdirAll(filepath.Join(e.data, "com.example.chat", "snd"), 0o755); err != nil {
@@ -45,41 +47,41 @@ func TestPresentNotifyArguments(t *testing.T) {
 		want *notifyCall // nil: not shown
 	}{{
 		name: "popup with action and sound file",
-		req: Request{AppID: app, MsgID: "m1", Card: &Card{Summary: "Hi", Body: "there", Popup: true,
+		req: Request{AppID: testApp, MsgID: "m1", Card: &app.Card{Summary: "Hi", Body: "there", Popup: true,
 			Actions: []string{"appid://com.example.chat/chat/current-user-version", "chat://second"}},
-			Sound: &Sound{Path: "snd/ping.ogg"}},
+			Sound: &app.Sound{Path: "snd/ping.ogg"}},
 		want: &notifyCall{AppName: "Chat", Icon: "chat", Summary: "Hi", Body: "there",
 			Actions: []string{"default", "Open"}, Timeout: -1,
 			Hints: with("x-canonical-switch-to-application", "true", "sound-file", ping)},
 	}, {
 		name: "persistent without popup",
-		req:  Request{AppID: app, Card: &Card{Summary: "Quiet", Persist: true, Icon: "/icons/own.png"}, Sound: &Sound{Default: true}},
+		req:  Request{AppID: testApp, Card: &app.Card{Summary: "Quiet", Persist: true, Icon: "/icons/own.png"}, Sound: &app.Sound{Default: true}},
 		want: &notifyCall{AppName: "Chat", Icon: "/icons/own.png", Summary: "Quiet", Actions: []string{}, Timeout: -1,
 			Hints: with("resident", true, "transient", false, "urgency", byte(0), "sound-name", "message-new-instant")},
 	}, {
 		name: "neither popup nor persist is not shown",
-		req:  Request{AppID: app, Card: &Card{Summary: "Nothing"}},
+		req:  Request{AppID: testApp, Card: &app.Card{Summary: "Nothing"}},
 	}, {
 		name: "empty summary is not shown",
-		req:  Request{AppID: app, Card: &Card{Body: "no summary", Popup: true}},
+		req:  Request{AppID: testApp, Card: &app.Card{Body: "no summary", Popup: true}},
 	}, {
 		name: "declared scheme is accepted",
-		req:  Request{AppID: app, Card: &Card{Summary: "S", Popup: true, Actions: []string{"chat://room/1"}}},
+		req:  Request{AppID: testApp, Card: &app.Card{Summary: "S", Popup: true, Actions: []string{"chat://room/1"}}},
 		want: &notifyCall{AppName: "Chat", Icon: "chat", Summary: "S", Actions: []string{"default", "Open"}, Timeout: -1,
 			Hints: with("x-canonical-switch-to-application", "true")},
 	}, {
 		name: "foreign action is dropped",
-		req: Request{AppID: app, Card: &Card{Summary: "F", Popup: true,
+		req: Request{AppID: testApp, Card: &app.Card{Summary: "F", Popup: true,
 			Actions: []string{"appid://com.example.other/other/current-user-version"}}},
 		want: &notifyCall{AppName: "Chat", Icon: "chat", Summary: "F", Actions: []string{}, Timeout: -1, Hints: with()},
 	}, {
 		name: "https not declared is dropped, sound outside dirs refused",
-		req: Request{AppID: app, Card: &Card{Summary: "W", Popup: true, Actions: []string{"https://example.com/"}},
-			Sound: &Sound{Path: "../../etc/passwd"}},
+		req: Request{AppID: testApp, Card: &app.Card{Summary: "W", Popup: true, Actions: []string{"https://example.com/"}},
+			Sound: &app.Sound{Path: "../../etc/passwd"}},
 		want: &notifyCall{AppName: "Chat", Icon: "chat", Summary: "W", Actions: []string{}, Timeout: -1, Hints: with()},
 	}, {
 		name: "app without desktop entry",
-		req:  Request{AppID: "org.example.Bare", Card: &Card{Summary: "B", Popup: true, Actions: []string{"appid://org.example.Bare/x"}}},
+		req:  Request{AppID: "org.example.Bare", Card: &app.Card{Summary: "B", Popup: true, Actions: []string{"appid://org.example.Bare/x"}}},
 		want: &notifyCall{AppName: "org.example.Bare", Summary: "B", Actions: []string{"default", "Open"}, Timeout: -1,
 			Hints: map[string]any{"desktop-entry": "org.example.Bare", "urgency": byte(1), "category": "im.received",
 				"x-canonical-switch-to-application": "true"}},
@@ -91,7 +93,7 @@ func TestPresentNotifyArguments(t *testing.T) {
 				t.Fatalf("Present: %v", err)
 			}
 			// A marker card after it tells whether it was shown.
-			if err := e.p.Present(ctx, Request{AppID: "org.example.Marker", Card: &Card{Summary: "marker", Popup: true}}); err != nil {
+			if err := e.p.Present(ctx, Request{AppID: "org.example.Marker", Card: &app.Card{Summary: "marker", Popup: true}}); err != nil {
 				t.Fatal(err)
 			}
 			got := srv.next1(t)
@@ -106,66 +108,66 @@ func TestPresentNotifyArguments(t *testing.T) {
 			}
 		})
 	}
-	if err := e.p.Present(ctx, Request{AppID: "../evil", Card: &Card{Summary: "x", Popup: true}}); err == nil {
+	if err := e.p.Present(ctx, Request{AppID: "../evil", Card: &app.Card{Summary: "x", Popup: true}}); err == nil {
 		t.Error("Present accepted an invalid app id")
 	}
 }
 
 func TestTagReplacesAndPersistence(t *testing.T) {
-	const app = "com.example.chat_chat"
+	const testApp = "com.example.chat_chat"
 	store := newMemStore()
 	e := newEnv(t, store, map[string]string{"com.example.chat_chat.desktop": chatEntry})
 	srv := startServer(t, e.bus, 10)
 	e.run(t)
 	ctx := context.Background()
-	present := func(app, tag, summary string, persist bool) notifyCall {
+	present := func(testApp, tag, summary string, persist bool) notifyCall {
 		t.Helper()
-		err := e.p.Present(ctx, Request{AppID: app, Tag: tag, Card: &Card{Summary: summary, Popup: true, Persist: persist}})
+		err := e.p.Present(ctx, Request{AppID: testApp, Tag: tag, Card: &app.Card{Summary: summary, Popup: true, Persist: persist}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return srv.next1(t)
 	}
-	if c := present(app, "a", "a1", true); c.Replaces != 0 {
+	if c := present(testApp, "a", "a1", true); c.Replaces != 0 {
 		t.Fatalf("first card replaces %d", c.Replaces)
 	}
-	if c := present(app, "a", "a2", true); c.Replaces != 11 {
+	if c := present(testApp, "a", "a2", true); c.Replaces != 11 {
 		t.Fatalf("same tag replaces %d, want 11", c.Replaces)
 	}
 	if c := present("org.example.Other", "a", "o", true); c.Replaces != 0 {
 		t.Fatalf("other app's tag replaces %d", c.Replaces)
 	}
-	present(app, "b", "b1", true)      // id 13
-	present(app, "c", "c1", false)     // id 14, not persistent
-	present(app, "", "untagged", true) // id 15
-	want := map[string]uint32{app + "/a/a2": 11, "org.example.Other/a/o": 12, app + "/b/b1": 13, app + "/c/c1": 14, app + "//untagged": 15}
+	present(testApp, "b", "b1", true)      // id 13
+	present(testApp, "c", "c1", false)     // id 14, not persistent
+	present(testApp, "", "untagged", true) // id 15
+	want := map[string]uint32{testApp + "/a/a2": 11, "org.example.Other/a/o": 12, testApp + "/b/b1": 13, testApp + "/c/c1": 14, testApp + "//untagged": 15}
 	if diff := cmp.Diff(want, store.ids()); diff != "" {
 		t.Fatalf("store (-want +got):\n%s", diff)
 	}
-	tags, err := e.p.ListPersistent(ctx, app)
+	tags, err := e.p.ListPersistent(ctx, testApp)
 	if err != nil || !cmp.Equal(tags, []string{"a", "b"}) {
 		t.Fatalf("ListPersistent = %q, %v", tags, err)
 	}
-	n, err := e.p.ClearPersistent(ctx, app, []string{"a", "zzz"})
+	n, err := e.p.ClearPersistent(ctx, testApp, []string{"a", "zzz"})
 	if err != nil || n != 1 {
 		t.Fatalf("ClearPersistent(a) = %d, %v", n, err)
 	}
 	if id := <-srv.closes; id != 11 {
 		t.Fatalf("closed %d, want 11", id)
 	}
-	tags, _ = e.p.ListPersistent(ctx, app)
+	tags, _ = e.p.ListPersistent(ctx, testApp)
 	if !cmp.Equal(tags, []string{"b"}) {
 		t.Fatalf("after clear: %q", tags)
 	}
 	// A card with the cleared tag is new again.
-	if c := present(app, "a", "a3", false); c.Replaces != 0 {
+	if c := present(testApp, "a", "a3", false); c.Replaces != 0 {
 		t.Fatalf("cleared tag replaces %d", c.Replaces)
 	}
-	n, err = e.p.ClearPersistent(ctx, app, nil)
+	n, err = e.p.ClearPersistent(ctx, testApp, nil)
 	if err != nil || n != 2 {
 		t.Fatalf("ClearPersistent(all) = %d, %v", n, err)
 	}
-	tags, _ = e.p.ListPersistent(ctx, app)
+	tags, _ = e.p.ListPersistent(ctx, testApp)
 	other, _ := e.p.ListPersistent(ctx, "org.example.Other")
 	if len(tags) != 0 || !cmp.Equal(other, []string{"a"}) {
 		t.Fatalf("after clear all: %q, other app %q", tags, other)
@@ -175,20 +177,20 @@ func TestTagReplacesAndPersistence(t *testing.T) {
 	waitChange(t, store, "delete org.example.Other 12")
 	// Expiry of a tagged non-persistent card forgets its tag too.
 	srv.emit(t, "NotificationClosed", uint32(16), uint32(closedExpired))
-	waitChange(t, store, "delete "+app+" 16")
-	if c := present(app, "a", "a4", false); c.Replaces != 0 {
+	waitChange(t, store, "delete "+testApp+" 16")
+	if c := present(testApp, "a", "a4", false); c.Replaces != 0 {
 		t.Fatalf("closed tag replaces %d", c.Replaces)
 	}
 }
 
 func TestReshowAtStart(t *testing.T) {
-	const app = "com.example.chat_chat"
+	const testApp = "com.example.chat_chat"
 	shown := time.Unix(1700000000, 0)
 	store := newMemStore(
-		Record{ID: 7, AppID: app, Tag: "t", Card: Card{Summary: "tagged", Persist: true, Popup: true,
+		Record{ID: 7, AppID: testApp, Tag: "t", Card: app.Card{Summary: "tagged", Persist: true, Popup: true,
 			Actions: []string{"chat://x"}}, Shown: shown},
-		Record{ID: 8, AppID: app, Card: Card{Summary: "untagged", Persist: true}, Shown: shown},
-		Record{ID: 9, AppID: app, Tag: "old", Card: Card{Summary: "stale", Popup: true}, Shown: shown},
+		Record{ID: 8, AppID: testApp, Card: app.Card{Summary: "untagged", Persist: true}, Shown: shown},
+		Record{ID: 9, AppID: testApp, Tag: "old", Card: app.Card{Summary: "stale", Popup: true}, Shown: shown},
 	)
 	e := newEnv(t, store, map[string]string{"com.example.chat_chat.desktop": chatEntry})
 	srv := startServer(t, e.bus, 100, "sound")
@@ -208,11 +210,11 @@ func TestReshowAtStart(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("re-shown (-want +got):\n%s", diff)
 	}
-	wantIDs := map[string]uint32{app + "/t/tagged": 101, app + "//untagged": 102}
+	wantIDs := map[string]uint32{testApp + "/t/tagged": 101, testApp + "//untagged": 102}
 	if diff := cmp.Diff(wantIDs, store.ids()); diff != "" {
 		t.Fatalf("store (-want +got):\n%s", diff)
 	}
-	tags, err := e.p.ListPersistent(context.Background(), app)
+	tags, err := e.p.ListPersistent(context.Background(), testApp)
 	if err != nil || !cmp.Equal(tags, []string{"t"}) {
 		t.Fatalf("ListPersistent = %q, %v", tags, err)
 	}
@@ -220,7 +222,7 @@ func TestReshowAtStart(t *testing.T) {
 	srv.emit(t, "ActionInvoked", uint32(101), "default")
 	select {
 	case r := <-e.launc.got:
-		if r.URL != "chat://x" || r.AppID != app {
+		if r.URL != "chat://x" || r.AppID != testApp {
 			t.Fatalf("launched %+v", r)
 		}
 	case <-time.After(waitFor):
@@ -229,14 +231,14 @@ func TestReshowAtStart(t *testing.T) {
 }
 
 func TestSignalsAreChecked(t *testing.T) {
-	const app = "com.example.chat_chat"
+	const testApp = "com.example.chat_chat"
 	store := newMemStore()
 	e := newEnv(t, store, map[string]string{"com.example.chat_chat.desktop": chatEntry})
 	srv := startServer(t, e.bus, 0)
 	e.run(t)
 	ctx := context.Background()
-	err := e.p.Present(ctx, Request{AppID: app, MsgID: "m", Tag: "t",
-		Card: &Card{Summary: "S", Popup: true, Persist: true, Actions: []string{"chat://room/7"}}})
+	err := e.p.Present(ctx, Request{AppID: testApp, MsgID: "m", Tag: "t",
+		Card: &app.Card{Summary: "S", Popup: true, Persist: true, Actions: []string{"chat://room/7"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +266,7 @@ func TestSignalsAreChecked(t *testing.T) {
 	srv.emit(t, "ActionInvoked", id, "default")
 	select {
 	case r := <-e.launc.got:
-		if r.AppID != app || r.URL != "chat://room/7" || r.Entry == nil || r.Entry.Name != "Chat" {
+		if r.AppID != testApp || r.URL != "chat://room/7" || r.Entry == nil || r.Entry.Name != "Chat" {
 			t.Fatalf("launched %+v", r)
 		}
 	case <-time.After(waitFor):
@@ -277,28 +279,28 @@ func TestSignalsAreChecked(t *testing.T) {
 	}
 	e.log.wait(t, "ActionInvoked ignored", 4) // the wrong path does not even match
 	e.log.wait(t, "NotificationClosed ignored", 2)
-	if tags, _ := e.p.ListPersistent(ctx, app); !cmp.Equal(tags, []string{"t"}) {
+	if tags, _ := e.p.ListPersistent(ctx, testApp); !cmp.Equal(tags, []string{"t"}) {
 		t.Fatalf("forged close removed the card: %q", tags)
 	}
 	// Still working: a new card is shown, and the real dismissal removes the record.
-	if err := e.p.Present(ctx, Request{AppID: app, Card: &Card{Summary: "after", Popup: true}}); err != nil {
+	if err := e.p.Present(ctx, Request{AppID: testApp, Card: &app.Card{Summary: "after", Popup: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if c := srv.next1(t); c.Summary != "after" {
 		t.Fatalf("got %+v", c)
 	}
 	srv.emit(t, "NotificationClosed", id, uint32(closedDismissed))
-	waitChange(t, store, "delete "+app+" 1")
+	waitChange(t, store, "delete "+testApp+" 1")
 }
 
 func TestOwnerChange(t *testing.T) {
-	const app = "com.example.chat_chat"
+	const testApp = "com.example.chat_chat"
 	store := newMemStore()
 	e := newEnv(t, store, map[string]string{"com.example.chat_chat.desktop": chatEntry})
 	old := startServer(t, e.bus, 0)
 	e.run(t)
 	ctx := context.Background()
-	err := e.p.Present(ctx, Request{AppID: app, Tag: "p", Card: &Card{Summary: "S", Persist: true, Popup: true, Actions: []string{"chat://a"}}})
+	err := e.p.Present(ctx, Request{AppID: testApp, Tag: "p", Card: &app.Card{Summary: "S", Persist: true, Popup: true, Actions: []string{"chat://a"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +311,7 @@ func TestOwnerChange(t *testing.T) {
 	if c.Summary != "S" || c.Replaces != 0 || c.Hints["transient"] != false {
 		t.Fatalf("re-shown on the new server as %+v", c)
 	}
-	waitChange(t, store, "save "+app+" 501")
+	waitChange(t, store, "save "+testApp+" 501")
 	// The old server is no longer trusted, even for its own id.
 	if err := old.conn.Emit(notifyPath, notifyIface+".ActionInvoked", uint32(1), "default"); err != nil {
 		t.Fatal(err)
@@ -333,7 +335,7 @@ func TestOwnerChange(t *testing.T) {
 	default:
 	}
 	// The new server's capabilities are used: the sound goes as a hint.
-	if err := e.p.Present(ctx, Request{AppID: app, Card: &Card{Summary: "snd", Popup: true}, Sound: &Sound{Default: true}}); err != nil {
+	if err := e.p.Present(ctx, Request{AppID: testApp, Card: &app.Card{Summary: "snd", Popup: true}, Sound: &app.Sound{Default: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if c := srv.next1(t); c.Hints["sound-name"] != "message-new-instant" {
@@ -364,7 +366,7 @@ func TestLauncherEntryCounter(t *testing.T) {
 	if err := e.p.SetCounter(ctx, "com.example.chat_chat", 5, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.p.Present(ctx, Request{AppID: "org.example.NoEntry", Counter: &Counter{Count: -1, Visible: false}}); err != nil {
+	if err := e.p.Present(ctx, Request{AppID: "org.example.NoEntry", Counter: &app.EmblemCounter{Count: -1, Visible: false}}); err != nil {
 		t.Fatal(err)
 	}
 	want := [][]any{

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/heraldpush/herald/app"
 )
 
 const (
@@ -137,7 +139,7 @@ func (p *Presenter) reshow(ctx context.Context) {
 		if !rec.Card.Persist || p.isLive(rec.AppID, rec.ID) {
 			continue
 		}
-		if err := validAppID(rec.AppID); err != nil {
+		if _, err := app.ParseID(rec.AppID); err != nil {
 			p.log.Warn("stored notification ignored", "err", err)
 			continue
 		}

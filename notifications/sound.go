@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // defaultSoundName is the freedesktop sound theme name used for "sound": true.
@@ -34,7 +36,14 @@ func ResolveSound(dataDirs []string, appID, path string) (string, error) {
 			return "", fmt.Errorf("%w: %q contains ..", ErrBadSoundPath, path)
 		}
 	}
-	pkg := splitAppID(appID).pkg
+	aid, err := app.ParseID(appID)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadSoundPath, err)
+	}
+	pkg := aid.Package // the app's own sound dir: its package, or a legacy app's name
+	if pkg == "" {
+		pkg = aid.App
+	}
 	type cand struct{ file, root string }
 	var cands []cand
 	if filepath.IsAbs(path) {

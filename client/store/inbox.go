@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Incoming is one message received from the server.
@@ -22,19 +24,21 @@ type Incoming struct {
 
 // Message is one inbox row.
 type Message struct {
-	Seq          int64
-	MsgID        string
-	AppID        string
-	ChannelID    string
-	Version      string
-	Body         []byte
-	Received     time.Time
-	Expires      time.Time
-	Step         string
-	Attempts     int
-	NextAttempt  time.Time
-	Output       []byte // the message queued for the app (helper output "message")
-	Notification []byte // the helper's notification, JSON; nil when none
+	Seq         int64
+	MsgID       string
+	AppID       string
+	ChannelID   string
+	Version     string
+	Body        []byte
+	Received    time.Time
+	Expires     time.Time
+	Step        app.Step
+	Attempts    int
+	NextAttempt time.Time
+	Output      []byte // the message queued for the app (helper output "message")
+	// Notification is the helper's notification, nil when none (or when
+	// its stored form cannot be read: the message is still delivered).
+	Notification *app.Notification
 }
 
 // Expired reports whether m's TTL has passed at now.
@@ -79,12 +83,12 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 			n++
 		}
 		if n > 0 {
-			if _, err := tx.ExecContext(ctx, incrSQL, "messages_received", n); err != nil {
+			if _, err := tx.ExecContext(ctx, incrSQL, app.CounterMessagesReceived, n); err != nil {
 				return err
 			}
 		}
 		if d := len(msgs) - n; d > 0 {
-			if _, err := tx.ExecContext(ctx, incrSQL, "duplicates", d); err != nil {
+			if _, err := tx.ExecContext(ctx, incrSQL, app.CounterDuplicates, d); err != nil {
 				return err
 			}
 		}
@@ -127,8 +131,12 @@ const msgColumns = "seq, msg_id, app_id, channel_id, version, body, received, ex
 func scanMessage(sc interface{ Scan(...any) error }) (Message, error) {
 	var m Message
 	var rec, exp, next int64
-	err := sc.Scan(&m.Seq, &m.MsgID, &m.AppID, &m.ChannelID, &m.Version, &m.Body, &rec, &exp, &m.Step, &m.Attempts, &next, &m.Output, &m.Notification)
+	var n []byte
+	err := sc.Scan(&m.Seq, &m.MsgID, &m.AppID, &m.ChannelID, &m.Version, &m.Body, &rec, &exp, &m.Step, &m.Attempts, &next, &m.Output, &n)
 	m.Received, m.Expires, m.NextAttempt = fromMilli(rec), fromMilli(exp), fromMilli(next)
+	if err == nil && n != nil {
+		m.Notification, _ = app.DecodeNotification(n)
+	}
 	return m, err
 }
 
@@ -199,19 +207,24 @@ func (s *Store) AppsWithWork(ctx context.Context) (map[string]int, error) {
 // Processed records the helper's output of a message: the message to queue
 // and the notification to present (nil: none). With no notification the
 // message goes straight to the queued step.
-func (s *Store) Processed(ctx context.Context, seq int64, output, notification []byte) error {
-	step := StepQueued
+func (s *Store) Processed(ctx context.Context, seq int64, output []byte, notification *app.Notification) error {
+	step := app.StepQueued
+	var n []byte
 	if notification != nil {
-		step = StepProcessed
+		var err error
+		if n, err = app.EncodeNotification(notification); err != nil {
+			return fmt.Errorf("cannot record output of message %d: %w", seq, err)
+		}
+		step = app.StepProcessed
 	}
-	return s.advance(ctx, seq, step, "message = ?, notification = ?", nonNil(output), notification)
+	return s.advance(ctx, seq, step, "message = ?, notification = ?", nonNil(output), n)
 }
 
 // Output is the helper output of one message, for ProcessedBatch.
 type Output struct {
 	Seq          int64
 	Message      []byte
-	Notification []byte
+	Notification *app.Notification
 }
 
 // ProcessedBatch records the helper output of several messages in one
@@ -227,11 +240,15 @@ func (s *Store) ProcessedBatch(ctx context.Context, outs []Output) error {
 		}
 		defer st.Close()
 		for _, o := range outs {
-			step := StepQueued
+			step := app.StepQueued
+			var n []byte
 			if o.Notification != nil {
-				step = StepProcessed
+				if n, err = app.EncodeNotification(o.Notification); err != nil {
+					return err
+				}
+				step = app.StepProcessed
 			}
-			if _, err := st.ExecContext(ctx, step, nonNil(o.Message), o.Notification, o.Seq); err != nil {
+			if _, err := st.ExecContext(ctx, step, nonNil(o.Message), n, o.Seq); err != nil {
 				return err
 			}
 		}
@@ -246,15 +263,15 @@ func (s *Store) ProcessedBatch(ctx context.Context, outs []Output) error {
 // Presented records that a message's notification was shown (or skipped),
 // and queues it for its app.
 func (s *Store) Presented(ctx context.Context, seq int64) error {
-	return s.advance(ctx, seq, StepQueued, "")
+	return s.advance(ctx, seq, app.StepQueued, "")
 }
 
 // SetStep moves a message to step.
-func (s *Store) SetStep(ctx context.Context, seq int64, step string) error {
+func (s *Store) SetStep(ctx context.Context, seq int64, step app.Step) error {
 	return s.advance(ctx, seq, step, "")
 }
 
-func (s *Store) advance(ctx context.Context, seq int64, step, set string, args ...any) error {
+func (s *Store) advance(ctx context.Context, seq int64, step app.Step, set string, args ...any) error {
 	q := "UPDATE inbox SET step = ?"
 	if set != "" {
 		q += ", " + set
@@ -283,7 +300,7 @@ func (s *Store) Retry(ctx context.Context, seq int64, next time.Time) error {
 
 // Done removes a message that was delivered to its app, or dropped, and
 // counts it under counter (when not "").
-func (s *Store) Done(ctx context.Context, seq int64, counter string) error {
+func (s *Store) Done(ctx context.Context, seq int64, counter app.Counter) error {
 	err := s.txRelaxed(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, "DELETE FROM inbox WHERE seq = ?", seq)
 		if err != nil {
@@ -356,11 +373,11 @@ func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]by
 				return err
 			}
 		}
-		if _, err := tx.ExecContext(ctx, incrSQL, "messages_delivered", len(out)); err != nil {
+		if _, err := tx.ExecContext(ctx, incrSQL, app.CounterMessagesDelivered, len(out)); err != nil {
 			return err
 		}
 		if expired > 0 {
-			_, err = tx.ExecContext(ctx, incrSQL, "messages_expired", expired)
+			_, err = tx.ExecContext(ctx, incrSQL, app.CounterMessagesExpired, expired)
 		}
 		return err
 	})

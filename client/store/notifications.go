@@ -5,30 +5,39 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/heraldpush/herald/app"
 )
 
-// Notification is one shown notification (see the notifications package's
-// Store interface; the daemon adapts between the two).
+// Notification is one shown notification (the notifications package's
+// Record). The card is stored in app's versioned stored form.
 type Notification struct {
 	ID    uint32
 	AppID string
 	Tag   string
 	MsgID string
-	Card  []byte // the card, JSON
+	Card  app.Card
 	Shown time.Time
 }
 
 // SaveNotification inserts n, replacing the app's notification with the same
 // tag when Tag is not empty, else the one with the same id.
 func (s *Store) SaveNotification(ctx context.Context, n Notification) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	if _, err := app.ParseID(n.AppID); err != nil {
+		return fmt.Errorf("cannot save notification %d: %w", n.ID, err)
+	}
+	card, err := app.EncodeCard(n.Card)
+	if err != nil {
+		return fmt.Errorf("cannot save notification %d of %q: %w", n.ID, n.AppID, err)
+	}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
 		if n.Tag != "" {
 			if _, err := tx.ExecContext(ctx, "DELETE FROM notifications WHERE app_id = ? AND tag = ?", n.AppID, n.Tag); err != nil {
 				return err
 			}
 		}
 		_, err := tx.ExecContext(ctx, "INSERT OR REPLACE INTO notifications(id, app_id, tag, msg_id, card, shown) VALUES(?,?,?,?,?,?)",
-			int64(n.ID), n.AppID, n.Tag, n.MsgID, nonNil(n.Card), unixMilli(n.Shown))
+			int64(n.ID), n.AppID, n.Tag, n.MsgID, card, unixMilli(n.Shown))
 		return err
 	})
 	if err != nil {
@@ -47,6 +56,7 @@ func (s *Store) DeleteNotification(ctx context.Context, appID string, id uint32)
 }
 
 // Notifications returns appID's notifications ("" → all apps), oldest first.
+// A row whose card cannot be read is left out (it is not re-shown).
 func (s *Store) Notifications(ctx context.Context, appID string) ([]Notification, error) {
 	q := "SELECT id, app_id, tag, msg_id, card, shown FROM notifications"
 	var args []any
@@ -63,8 +73,12 @@ func (s *Store) Notifications(ctx context.Context, appID string) ([]Notification
 	for rows.Next() {
 		var n Notification
 		var id, shown int64
-		if err := rows.Scan(&id, &n.AppID, &n.Tag, &n.MsgID, &n.Card, &shown); err != nil {
+		var card []byte
+		if err := rows.Scan(&id, &n.AppID, &n.Tag, &n.MsgID, &card, &shown); err != nil {
 			return nil, fmt.Errorf("cannot read notifications: %w", err)
+		}
+		if n.Card, err = app.DecodeCard(card); err != nil {
+			continue
 		}
 		n.ID, n.Shown = uint32(id), fromMilli(shown)
 		out = append(out, n)

@@ -6,13 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/heraldpush/herald/app"
 )
 
 // Registration is one app's channel with the push server.
 type Registration struct {
 	ChannelID  string
 	AppID      string
-	Kind       string // KindLomiri or KindUnifiedPush
+	Kind       app.Kind
 	Endpoint   string // "" until the server answered
 	Service    string // UnifiedPush connector bus name
 	UPToken    string // UnifiedPush connector token
@@ -43,8 +45,11 @@ func scanRegistration(sc interface{ Scan(...any) error }) (Registration, error) 
 // PutRegistration inserts r, or replaces the registration with the same
 // channel id.
 func (s *Store) PutRegistration(ctx context.Context, r Registration) error {
-	if r.Kind != KindLomiri && r.Kind != KindUnifiedPush {
+	if r.Kind != app.KindLomiri && r.Kind != app.KindUnifiedPush {
 		return fmt.Errorf("cannot store registration of %q: invalid kind %q", r.AppID, r.Kind)
+	}
+	if _, err := app.ParseID(r.AppID); err != nil {
+		return fmt.Errorf("cannot store registration: %w", err)
 	}
 	if r.Registered.IsZero() {
 		r.Registered = time.Now()

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // sqlite driver
+
+	"github.com/heraldpush/herald/app"
 )
 
 // SchemaVersion is the user_version this package writes.
@@ -27,21 +29,6 @@ var ErrNewerSchema = errors.New("database schema is newer than this program")
 
 // ErrNotFound is returned when a registration or message does not exist.
 var ErrNotFound = errors.New("not found")
-
-// Pipeline steps of an inbox message, in order.
-const (
-	StepReceived  = "received"
-	StepProcessed = "processed"
-	StepPresented = "presented"
-	StepQueued    = "queued"
-	StepDelivered = "delivered"
-)
-
-// Kinds of registration.
-const (
-	KindLomiri      = "lomiri"
-	KindUnifiedPush = "unifiedpush"
-)
 
 var migrations = []string{
 	// 1: initial schema.
@@ -295,7 +282,7 @@ func fromMilli(ms int64) time.Time {
 }
 
 // Incr adds delta to the named counter.
-func (s *Store) Incr(ctx context.Context, name string, delta uint64) error {
+func (s *Store) Incr(ctx context.Context, name app.Counter, delta uint64) error {
 	_, err := s.execRelaxed(ctx, incrSQL, name, delta)
 	if err != nil {
 		return fmt.Errorf("cannot update counter %q: %w", name, err)

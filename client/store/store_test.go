@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/heraldpush/herald/app"
 )
 
 func open(t *testing.T, path string) *Store {
@@ -72,27 +74,27 @@ func TestSetUAIDMarksStale(t *testing.T) {
 	if ch, _ := s.SetUAID(ctx, "aa"); !ch {
 		t.Fatal("first uaid not reported as changed")
 	}
-	r := Registration{ChannelID: "c1", AppID: "a_b", Kind: KindLomiri, Endpoint: "http://x/wpush/v1/t"}
+	r := Registration{ChannelID: "c1", AppID: "pkg_app", Kind: app.KindLomiri, Endpoint: "http://x/wpush/v1/t"}
 	if err := s.PutRegistration(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	if ch, _ := s.SetUAID(ctx, "aa"); ch {
 		t.Fatal("same uaid reported as changed")
 	}
-	if got, _ := s.LomiriRegistration(ctx, "a_b"); got.Stale {
+	if got, _ := s.LomiriRegistration(ctx, "pkg_app"); got.Stale {
 		t.Fatal("registration stale after same uaid")
 	}
 	if ch, _ := s.SetUAID(ctx, "bb"); !ch {
 		t.Fatal("new uaid not reported as changed")
 	}
-	got, err := s.LomiriRegistration(ctx, "a_b")
+	got, err := s.LomiriRegistration(ctx, "pkg_app")
 	if err != nil || !got.Stale {
 		t.Fatalf("registration after new uaid = %+v, %v; want stale", got, err)
 	}
 	if err := s.SetEndpoint(ctx, "c1", "http://x/wpush/v1/u"); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = s.LomiriRegistration(ctx, "a_b")
+	got, _ = s.LomiriRegistration(ctx, "pkg_app")
 	if got.Stale || got.Endpoint != "http://x/wpush/v1/u" {
 		t.Fatalf("after SetEndpoint: %+v", got)
 	}
@@ -109,11 +111,11 @@ func TestRegistrationUniqueness(t *testing.T) {
 		reg     Registration
 		wantErr bool
 	}{
-		{"lomiri", Registration{ChannelID: "c1", AppID: "a_b", Kind: KindLomiri}, false},
-		{"second lomiri channel for the app", Registration{ChannelID: "c2", AppID: "a_b", Kind: KindLomiri}, true},
-		{"up", Registration{ChannelID: "c3", AppID: "org.x", Kind: KindUnifiedPush, UPToken: "t1"}, false},
-		{"second up token", Registration{ChannelID: "c4", AppID: "org.x", Kind: KindUnifiedPush, UPToken: "t2"}, false},
-		{"same up token", Registration{ChannelID: "c5", AppID: "org.y", Kind: KindUnifiedPush, UPToken: "t1"}, true},
+		{"lomiri", Registration{ChannelID: "c1", AppID: "pkg_app", Kind: app.KindLomiri}, false},
+		{"second lomiri channel for the app", Registration{ChannelID: "c2", AppID: "pkg_app", Kind: app.KindLomiri}, true},
+		{"up", Registration{ChannelID: "c3", AppID: "org.example.x", Kind: app.KindUnifiedPush, UPToken: "t1"}, false},
+		{"second up token", Registration{ChannelID: "c4", AppID: "org.example.x", Kind: app.KindUnifiedPush, UPToken: "t2"}, false},
+		{"same up token", Registration{ChannelID: "c5", AppID: "org.example.y", Kind: app.KindUnifiedPush, UPToken: "t1"}, true},
 		{"bad kind", Registration{ChannelID: "c6", AppID: "x", Kind: "other"}, true},
 	}
 	for _, tt := range tests {
@@ -235,13 +237,13 @@ func TestSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := mustPending(t, s, "a")[0]
-	if err := s.Processed(ctx, m.Seq, []byte(`{"x":1}`), []byte(`{"tag":"t"}`)); err != nil {
+	if err := s.Processed(ctx, m.Seq, []byte(`{"x":1}`), &app.Notification{Tag: "t", EmblemCounter: &app.EmblemCounter{Count: 3, Visible: true}}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	s = open(t, path) // a restart resumes from the processed step
 	m = mustPending(t, s, "a")[0]
-	if m.Step != StepProcessed || string(m.Notification) != `{"tag":"t"}` || string(m.Output) != `{"x":1}` {
+	if m.Step != app.StepProcessed || m.Notification == nil || m.Notification.Tag != "t" || *m.Notification.EmblemCounter != (app.EmblemCounter{Count: 3, Visible: true}) || string(m.Output) != `{"x":1}` {
 		t.Fatalf("after restart: %+v", m)
 	}
 	if err := s.Presented(ctx, m.Seq); err != nil {
@@ -251,7 +253,7 @@ func TestSteps(t *testing.T) {
 		t.Fatalf("pending after presented = %d", len(p))
 	}
 	h, err := s.Head(ctx, "a")
-	if err != nil || h.Step != StepQueued {
+	if err != nil || h.Step != app.StepQueued {
 		t.Fatalf("Head = %+v, %v", h, err)
 	}
 	if err := s.Done(ctx, m.Seq, "messages_delivered"); err != nil {
@@ -267,10 +269,10 @@ func TestNotifications(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "herald.db"))
 	t0 := time.UnixMilli(1_700_000_000_000)
 	for _, n := range []Notification{
-		{ID: 1, AppID: "a", Tag: "t", Card: []byte(`1`), Shown: t0},
-		{ID: 2, AppID: "a", Tag: "t", Card: []byte(`2`), Shown: t0.Add(time.Second)}, // replaces 1
-		{ID: 3, AppID: "a", Card: []byte(`3`), Shown: t0.Add(2 * time.Second)},
-		{ID: 4, AppID: "b", Tag: "t", Card: []byte(`4`), Shown: t0.Add(3 * time.Second)},
+		{ID: 1, AppID: "_a", Tag: "t", Card: app.Card{Summary: "1", Persist: true, Actions: []string{"chat://1"}}, Shown: t0},
+		{ID: 2, AppID: "_a", Tag: "t", Card: app.Card{Summary: "2", Persist: true, Actions: []string{"chat://2"}}, Shown: t0.Add(time.Second)}, // replaces 1
+		{ID: 3, AppID: "_a", Card: app.Card{Summary: "3", Persist: true, Actions: []string{"chat://3"}}, Shown: t0.Add(2 * time.Second)},
+		{ID: 4, AppID: "_b", Tag: "t", Card: app.Card{Summary: "4", Persist: true, Actions: []string{"chat://4"}}, Shown: t0.Add(3 * time.Second)},
 	} {
 		if err := s.SaveNotification(ctx, n); err != nil {
 			t.Fatal(err)
@@ -287,16 +289,19 @@ func TestNotifications(t *testing.T) {
 		}
 		return out
 	}
-	if diff := cmp.Diff([]uint32{2, 3}, ids("a")); diff != "" {
+	if diff := cmp.Diff([]uint32{2, 3}, ids("_a")); diff != "" {
 		t.Fatal(diff)
+	}
+	if ns, _ := s.Notifications(ctx, "_a"); len(ns) == 0 || !cmp.Equal(ns[0].Card, app.Card{Summary: "2", Persist: true, Actions: []string{"chat://2"}}) {
+		t.Fatalf("card not read back: %+v", ns)
 	}
 	if diff := cmp.Diff([]uint32{2, 3, 4}, ids("")); diff != "" {
 		t.Fatal(diff)
 	}
-	if err := s.DeleteNotification(ctx, "a", 2); err != nil {
+	if err := s.DeleteNotification(ctx, "_a", 2); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]uint32{3}, ids("a")); diff != "" {
+	if diff := cmp.Diff([]uint32{3}, ids("_a")); diff != "" {
 		t.Fatal(diff)
 	}
 }
@@ -361,5 +366,21 @@ func TestPopAllKeepsArrivalOrder(t *testing.T) {
 	got, _ := s.PopAll(ctx, "a", time.Now())
 	if diff := cmp.Diff([][]byte{[]byte("1"), []byte("2")}, got); diff != "" {
 		t.Fatal(diff)
+	}
+}
+
+func TestInvalidAppIDRefused(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "herald.db"))
+	for _, id := range []string{"", "../x", "a_b", "_", "pkg_app\n"} {
+		if err := s.PutRegistration(ctx, Registration{ChannelID: "c", AppID: id, Kind: app.KindLomiri}); err == nil {
+			t.Errorf("PutRegistration(%q) succeeded", id)
+		}
+		if err := s.SaveNotification(ctx, Notification{ID: 1, AppID: id}); err == nil {
+			t.Errorf("SaveNotification(%q) succeeded", id)
+		}
+	}
+	if regs, _ := s.Registrations(ctx); len(regs) != 0 {
+		t.Errorf("refused registrations were stored: %+v", regs)
 	}
 }

@@ -11,13 +11,14 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/config"
 	"github.com/heraldpush/herald/dbusapi"
 )
 
 // sessionBus connects to the session bus named by the environment.
 func (e *cli) sessionBus() (*dbus.Conn, error) {
-	env := client.ReadEnv(e.getenv)
+	env := config.ReadEnv(e.getenv)
 	if env.SessionBus == "" {
 		return nil, fmt.Errorf("no session bus: DBUS_SESSION_BUS_ADDRESS and XDG_RUNTIME_DIR are unset")
 	}
@@ -214,7 +215,7 @@ func registerCmd() *command {
 			if len(args) != 1 {
 				return fmt.Errorf("%w: want one APP_ID", errUsage)
 			}
-			app, err := dbusapi.ParseAppID(args[0])
+			aid, err := app.ParseID(args[0])
 			if err != nil {
 				return err
 			}
@@ -223,7 +224,7 @@ func registerCmd() *command {
 				return err
 			}
 			defer conn.Close()
-			path := dbus.ObjectPath("/com/lomiri/PushNotifications/" + dbusapi.Quote(app.Package))
+			path := dbus.ObjectPath("/com/lomiri/PushNotifications/" + app.Quote(aid.Package))
 			var tok string
 			err = conn.Object("com.lomiri.PushNotifications", path).CallWithContext(ctx, "com.lomiri.PushNotifications.Register", 0, args[0]).Store(&tok)
 			if err != nil {

@@ -13,9 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/heraldpush/herald/client"
-	"github.com/heraldpush/herald/client/store"
-	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/config"
 	"github.com/heraldpush/herald/helpers"
 )
 
@@ -63,17 +62,17 @@ func doctorCmd() *command {
 func (e *cli) doctor(ctx context.Context, configPath string) []check {
 	var out []check
 	add := func(name string, err error, fix string) { out = append(out, check{name, err, fix}) }
-	env := client.ReadEnv(e.getenv)
+	env := config.ReadEnv(e.getenv)
 	quiet := slog.New(slog.DiscardHandler)
 
-	cfg, err := client.LoadConfig(env, configPath, quiet, nil)
+	cfg, err := config.LoadConfig(env, configPath, quiet, nil)
 	where := cfg.Path
 	if where == "" {
 		where = "defaults (no config file)"
 	}
 	add("configuration: "+where, err, "correct the file; the shipped config.toml documents every key")
 	if err != nil {
-		cfg = client.DefaultConfig()
+		cfg = config.DefaultConfig()
 		cfg.Env = env
 		_ = cfg.Validate()
 	}
@@ -87,7 +86,7 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 
 	// State directory and store.
 	dbPath := filepath.Join(cfg.StateDir, "herald.db")
-	add("state "+dbPath, checkStore(ctx, dbPath), "make "+cfg.StateDir+" writable, or move a damaged herald.db away")
+	add("state "+dbPath, checkStore(dbPath), "make "+cfg.StateDir+" writable, or move a damaged herald.db away")
 
 	// Session bus and daemon.
 	conn, err := e.sessionBus()
@@ -107,7 +106,7 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 		finder := helpers.NewFinder(helpers.Dirs{DataHome: env.DataHome, DataDirs: env.DataDirs, LomiriDataHome: env.DataHome,
 			LegacyDirs: []string{"/usr/lib/lomiri-push-service/legacy-helpers"}}, quiet)
 		for _, r := range st.Registrations {
-			if r.Kind != string(dbusapi.KindLomiri) {
+			if r.Kind != string(app.KindLomiri) {
 				continue
 			}
 			h, ok := finder.Lookup(r.AppID)
@@ -135,7 +134,7 @@ func firstOr(s []string, def string) string {
 }
 
 func checkHealth(ctx context.Context, server string) error {
-	origin, err := client.HTTPOrigin(server)
+	origin, err := config.HTTPOrigin(server)
 	if err != nil {
 		return err
 	}
@@ -157,10 +156,11 @@ func checkHealth(ctx context.Context, server string) error {
 	return nil
 }
 
-// checkStore opens the daemon's database read-only when it exists; a
-// missing one is fine (it is created at the first start) if its directory
-// can be created.
-func checkStore(ctx context.Context, path string) error {
+// checkStore checks that the daemon's database, when it exists, is a
+// readable sqlite file (its header; the CLI links no sqlite: heraldd owns the
+// database and migrates it); a missing one is fine (it is created at the
+// first start) if its directory can be created.
+func checkStore(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		dir := filepath.Dir(path)
 		for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
@@ -176,9 +176,17 @@ func checkStore(ctx context.Context, path string) error {
 		}
 		return nil
 	}
-	s, err := store.Open(ctx, path, store.Options{})
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
-	return s.Close()
+	defer f.Close()
+	hdr := make([]byte, len(sqliteMagic))
+	if _, err := io.ReadFull(f, hdr); err != nil || string(hdr) != sqliteMagic {
+		return fmt.Errorf("%s is not a sqlite database", path)
+	}
+	return nil
 }
+
+// sqliteMagic starts every sqlite 3 database file.
+const sqliteMagic = "SQLite format 3\x00"

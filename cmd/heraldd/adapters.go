@@ -2,17 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/helpers"
 	"github.com/heraldpush/herald/notifications"
 )
 
-// processor runs helpers for the daemon's pipeline. The notification is
-// kept as helper output JSON (helpers.Output round-trips through it).
+// processor runs helpers for the daemon's pipeline.
 type processor struct{ r *helpers.Runner }
 
 func (p processor) Process(ctx context.Context, appID, msgID string, payload []byte) (client.Output, error) {
@@ -20,16 +18,9 @@ func (p processor) Process(ctx context.Context, appID, msgID string, payload []b
 	if out == nil {
 		return client.Output{Message: payload}, err
 	}
-	o := client.Output{Message: out.Message}
+	o := client.Output{Message: out.Message, Notification: out.Notification}
 	if o.Message == nil {
 		o.Message = payload
-	}
-	if out.Notification != nil {
-		b, merr := json.Marshal(helpers.Output{Notification: out.Notification})
-		if merr != nil {
-			return o, fmt.Errorf("cannot keep helper notification: %w", merr)
-		}
-		o.Notification = b
 	}
 	return o, err
 }
@@ -45,30 +36,9 @@ func (p processor) HelperStats() map[string]client.HelperStats {
 // presenter shows the notifications the pipeline kept.
 type presenter struct{ p *notifications.Presenter }
 
-func (a presenter) Present(ctx context.Context, appID, msgID string, b []byte) error {
-	out, err := helpers.ParseOutput(b)
-	if err != nil {
-		return fmt.Errorf("cannot read kept notification: %w", err)
-	}
-	n := out.Notification
-	if n == nil {
-		return nil
-	}
-	r := notifications.Request{AppID: appID, MsgID: msgID, Tag: n.Tag}
-	if c := n.Card; c != nil {
-		r.Card = &notifications.Card{Summary: c.Summary, Body: c.Body, Icon: c.Icon, Actions: c.Actions,
-			Timestamp: c.Timestamp, Persist: c.Persist, Popup: c.Popup}
-	}
-	if s := n.Sound; s != nil {
-		r.Sound = &notifications.Sound{Default: s.Default, Path: s.Path}
-	}
-	if v := n.Vibrate; v != nil {
-		r.Vibrate = &notifications.Vibration{Default: v.Default, Pattern: v.Pattern, Repeat: v.Repeat}
-	}
-	if e := n.EmblemCounter; e != nil {
-		r.Counter = &notifications.Counter{Count: e.Count, Visible: e.Visible}
-	}
-	return a.p.Present(ctx, r)
+func (a presenter) Present(ctx context.Context, appID, msgID string, n *app.Notification) error {
+	return a.p.Present(ctx, notifications.Request{AppID: appID, MsgID: msgID, Tag: n.Tag,
+		Card: n.Card, Sound: n.Sound, Vibrate: n.Vibrate, Counter: n.EmblemCounter})
 }
 
 func (a presenter) ListPersistent(ctx context.Context, appID string) ([]string, error) {
@@ -87,11 +57,7 @@ func (a presenter) SetCounter(ctx context.Context, appID string, count int32, vi
 type notificationStore struct{ st *store.Store }
 
 func (s notificationStore) SaveNotification(ctx context.Context, r notifications.Record) error {
-	card, err := json.Marshal(r.Card)
-	if err != nil {
-		return err
-	}
-	return s.st.SaveNotification(ctx, store.Notification{ID: r.ID, AppID: r.AppID, Tag: r.Tag, MsgID: r.MsgID, Card: card, Shown: r.Shown})
+	return s.st.SaveNotification(ctx, store.Notification{ID: r.ID, AppID: r.AppID, Tag: r.Tag, MsgID: r.MsgID, Card: r.Card, Shown: r.Shown})
 }
 
 func (s notificationStore) DeleteNotification(ctx context.Context, appID string, id uint32) error {
@@ -105,11 +71,7 @@ func (s notificationStore) Notifications(ctx context.Context, appID string) ([]n
 	}
 	out := make([]notifications.Record, 0, len(ns))
 	for _, n := range ns {
-		r := notifications.Record{ID: n.ID, AppID: n.AppID, Tag: n.Tag, MsgID: n.MsgID, Shown: n.Shown}
-		if err := json.Unmarshal(n.Card, &r.Card); err != nil {
-			continue // a damaged record is not re-shown
-		}
-		out = append(out, r)
+		out = append(out, notifications.Record{ID: n.ID, AppID: n.AppID, Tag: n.Tag, MsgID: n.MsgID, Card: n.Card, Shown: n.Shown})
 	}
 	return out, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/internal/harness"
 )
@@ -162,14 +163,14 @@ func (r *rig) killDaemon() {
 
 func (r *rig) register(appID string) string {
 	r.t.Helper()
-	app, err := dbusapi.ParseAppID(appID)
+	aid, err := app.ParseID(appID)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	var tok string
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = r.conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+dbusapi.Quote(app.Package))).
+	err = r.conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+app.Quote(aid.Package))).
 		CallWithContext(ctx, "com.lomiri.PushNotifications.Register", 0, appID).Store(&tok)
 	if err != nil {
 		r.t.Fatalf("Register(%s): %v", appID, err)
@@ -178,14 +179,14 @@ func (r *rig) register(appID string) string {
 }
 
 func (r *rig) popAll(appID string) ([]string, error) {
-	app, err := dbusapi.ParseAppID(appID)
+	aid, err := app.ParseID(appID)
 	if err != nil {
 		return nil, err
 	}
 	var msgs []string
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = r.conn.Object("com.lomiri.Postal", dbus.ObjectPath("/com/lomiri/Postal/"+dbusapi.Quote(app.Package))).
+	err = r.conn.Object("com.lomiri.Postal", dbus.ObjectPath("/com/lomiri/Postal/"+app.Quote(aid.Package))).
 		CallWithContext(ctx, "com.lomiri.Postal.PopAll", 0, appID).Store(&msgs)
 	return msgs, err
 }

@@ -13,7 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/client/config"
 )
 
 func main() {
@@ -53,8 +53,8 @@ Flags:
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 
-	env := client.ReadEnv(os.Getenv)
-	cfg, err := client.LoadConfig(env, *configPath, logger, func(c *client.Config) {
+	env := config.ReadEnv(os.Getenv)
+	cfg, err := config.LoadConfig(env, *configPath, logger, func(c *config.Config) {
 		if *server != "" {
 			c.Server = *server
 		}
@@ -69,7 +69,7 @@ Flags:
 		fmt.Fprintln(os.Stderr, "heraldd:", err)
 		os.Exit(1)
 	}
-	l, _ := client.ParseLevel(cfg.LogLevel)
+	l, _ := config.ParseLevel(cfg.LogLevel)
 	level.Set(l)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/heraldpush/herald/client"
+	"github.com/heraldpush/herald/client/config"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/helpers"
@@ -24,7 +25,7 @@ import (
 // run wires the daemon and runs it until ctx ends, then shuts down in the
 // order of DESIGN §5: STOPPING, release bus names, stop taking work, close
 // the websocket, stop helpers, flush and close the store.
-func run(ctx context.Context, cfg client.Config, logger *slog.Logger) error {
+func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	if cfg.Env.SessionBus == "" {
 		return errors.New("no session bus: set DBUS_SESSION_BUS_ADDRESS or XDG_RUNTIME_DIR")
 	}
@@ -147,7 +148,7 @@ func watchdog(ctx context.Context, d *client.Daemon, every time.Duration, logger
 	}
 }
 
-func helperDirs(env client.Env) helpers.Dirs {
+func helperDirs(env config.Env) helpers.Dirs {
 	return helpers.Dirs{
 		DataHome:       env.DataHome,
 		DataDirs:       env.DataDirs,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/internal/harness"
 )
@@ -93,7 +94,7 @@ func (r *daemonRig) register(ctx context.Context, appID string) (string, error) 
 	var token string
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	err := r.conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+dbusapi.Quote(pkg))).
+	err := r.conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+app.Quote(pkg))).
 		CallWithContext(cctx, "com.lomiri.PushNotifications.Register", 0, appID).Store(&token)
 	if err != nil {
 		return "", fmt.Errorf("register %s: %w", appID, err)

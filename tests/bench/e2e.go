@@ -14,7 +14,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/harness"
 )
 
@@ -58,7 +58,7 @@ func benchE2ELatency(ctx context.Context, env *Env) ([]Result, error) {
 	pkg, _, _ := strings.Cut(appID, "_")
 	var token string
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+dbusapi.Quote(pkg))).
+	err = conn.Object("com.lomiri.PushNotifications", dbus.ObjectPath("/com/lomiri/PushNotifications/"+app.Quote(pkg))).
 		CallWithContext(cctx, "com.lomiri.PushNotifications.Register", 0, appID).Store(&token)
 	cancel()
 	if err != nil {
@@ -105,7 +105,7 @@ func benchE2ELatency(ctx context.Context, env *Env) ([]Result, error) {
 		}
 	}()
 	lat := make([]float64, 0, count)
-	popper := conn.Object("com.lomiri.Postal", dbus.ObjectPath("/com/lomiri/Postal/"+dbusapi.Quote(pkg)))
+	popper := conn.Object("com.lomiri.Postal", dbus.ObjectPath("/com/lomiri/Postal/"+app.Quote(pkg)))
 	timeout := time.After(time.Duration(count/rate)*time.Second + 60*time.Second)
 	for len(lat) < count {
 		select {

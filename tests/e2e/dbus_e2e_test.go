@@ -18,6 +18,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
@@ -38,10 +39,10 @@ type family string
 func (f family) pushName() string   { return "com." + string(f) + ".PushNotifications" }
 func (f family) postalName() string { return "com." + string(f) + ".Postal" }
 func (f family) pushPath(appID string) string {
-	return "/com/" + string(f) + "/PushNotifications/" + dbusapi.Quote(pkgOf(appID))
+	return "/com/" + string(f) + "/PushNotifications/" + app.Quote(pkgOf(appID))
 }
 func (f family) postalPath(appID string) string {
-	return "/com/" + string(f) + "/Postal/" + dbusapi.Quote(pkgOf(appID))
+	return "/com/" + string(f) + "/Postal/" + app.Quote(pkgOf(appID))
 }
 
 // busEnv is an environment for a stock tool that talks to the test bus.

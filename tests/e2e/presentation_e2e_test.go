@@ -14,7 +14,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/harness"
 )
 
@@ -259,7 +259,7 @@ printf '{"message":{"n":%s},"notification":{"tag":"t%s","card":{"summary":"s%s",
 
 // postal calls a com.lomiri.Postal method for appID.
 func (w *world) postal(method, appID string, args ...any) *dbus.Call {
-	path := "/com/lomiri/Postal/" + dbusapi.Quote(pkgOf(appID))
+	path := "/com/lomiri/Postal/" + app.Quote(pkgOf(appID))
 	return w.call("com.lomiri.Postal", path, "com.lomiri.Postal."+method, append([]any{appID}, args...)...)
 }
 

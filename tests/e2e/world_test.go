@@ -16,7 +16,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/heraldpush/herald/dbusapi"
+	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/internal/harness"
 )
 
@@ -192,10 +192,11 @@ func (w *world) restartDaemon() {
 }
 
 func pkgOf(appID string) string {
-	if i := strings.IndexByte(appID, '_'); i > 0 {
-		return appID[:i]
+	aid, err := app.ParseID(appID)
+	if err != nil {
+		return appID // an invalid id: the daemon is to refuse it
 	}
-	return appID
+	return aid.Package
 }
 
 // call makes a D-Bus method call with a timeout.
@@ -209,7 +210,7 @@ func (w *world) call(dest, path, method string, args ...any) *dbus.Call {
 func (w *world) registerLomiri(appID string) string {
 	w.t.Helper()
 	var token string
-	path := "/com/lomiri/PushNotifications/" + dbusapi.Quote(pkgOf(appID))
+	path := "/com/lomiri/PushNotifications/" + app.Quote(pkgOf(appID))
 	if err := w.call("com.lomiri.PushNotifications", path, "com.lomiri.PushNotifications.Register", appID).Store(&token); err != nil {
 		w.t.Fatalf("Register(%s): %v", appID, err)
 	}
@@ -222,7 +223,7 @@ func (w *world) registerLomiri(appID string) string {
 // popAll calls com.lomiri.Postal.PopAll.
 func (w *world) popAll(appID string) ([]string, error) {
 	var msgs []string
-	path := "/com/lomiri/Postal/" + dbusapi.Quote(pkgOf(appID))
+	path := "/com/lomiri/Postal/" + app.Quote(pkgOf(appID))
 	err := w.call("com.lomiri.Postal", path, "com.lomiri.Postal.PopAll", appID).Store(&msgs)
 	return msgs, err
 }

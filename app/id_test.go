@@ -1,6 +1,7 @@
-package dbusapi
+package app
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -63,26 +64,26 @@ func FuzzQuote(f *testing.F) {
 	})
 }
 
-func TestParseAppID(t *testing.T) {
+func TestParseID(t *testing.T) {
 	tests := []struct {
 		in                  string
 		pkg, app, ver, base string
-		kind                AppIDKind
+		kind                Form
 		bad                 bool
 	}{
-		{in: "com.ubuntu.music_music_1.0", pkg: "com.ubuntu.music", app: "music", ver: "1.0", base: "com.ubuntu.music_music", kind: AppIDClick},
-		{in: "com.ubuntu.music_music", pkg: "com.ubuntu.music", app: "music", base: "com.ubuntu.music_music", kind: AppIDClick},
-		{in: "pkg.foo_app_1:2.0~rc1", pkg: "pkg.foo", app: "app", ver: "1:2.0~rc1", base: "pkg.foo_app", kind: AppIDClick},
-		{in: "firefox_firefox", pkg: "firefox", app: "firefox", base: "firefox_firefox", kind: AppIDClick},
-		{in: "_ubuntu-system-settings", app: "ubuntu-system-settings", base: "_ubuntu-system-settings", kind: AppIDLegacy},
-		{in: "org.example.App", pkg: "org.example.App", app: "org.example.App", base: "org.example.App", kind: AppIDDesktop},
-		{in: "org.kde.neochat", pkg: "org.kde.neochat", app: "org.kde.neochat", base: "org.kde.neochat", kind: AppIDDesktop},
+		{in: "com.ubuntu.music_music_1.0", pkg: "com.ubuntu.music", app: "music", ver: "1.0", base: "com.ubuntu.music_music", kind: FormClick},
+		{in: "com.ubuntu.music_music", pkg: "com.ubuntu.music", app: "music", base: "com.ubuntu.music_music", kind: FormClick},
+		{in: "pkg.foo_app_1:2.0~rc1", pkg: "pkg.foo", app: "app", ver: "1:2.0~rc1", base: "pkg.foo_app", kind: FormClick},
+		{in: "firefox_firefox", pkg: "firefox", app: "firefox", base: "firefox_firefox", kind: FormClick},
+		{in: "_ubuntu-system-settings", app: "ubuntu-system-settings", base: "_ubuntu-system-settings", kind: FormLegacy},
+		{in: "org.example.App", pkg: "org.example.App", app: "org.example.App", base: "org.example.App", kind: FormDesktop},
+		{in: "org.kde.neochat", pkg: "org.kde.neochat", app: "org.kde.neochat", base: "org.kde.neochat", kind: FormDesktop},
 		{in: "", bad: true},
 		{in: "noseparator", bad: true},
 		// Not click (upper case package, version not starting with a digit):
 		// desktop-style ids, whose package is the whole id.
-		{in: "Com.Example_app_1", pkg: "Com.Example_app_1", app: "Com.Example_app_1", base: "Com.Example_app_1", kind: AppIDDesktop},
-		{in: "com.example_app_v1", pkg: "com.example_app_v1", app: "com.example_app_v1", base: "com.example_app_v1", kind: AppIDDesktop},
+		{in: "Com.Example_app_1", pkg: "Com.Example_app_1", app: "Com.Example_app_1", base: "Com.Example_app_1", kind: FormDesktop},
+		{in: "com.example_app_v1", pkg: "com.example_app_v1", app: "com.example_app_v1", base: "com.example_app_v1", kind: FormDesktop},
 		{in: "Com_app", bad: true},
 		{in: "1org.example", bad: true},
 		{in: "_.hidden", bad: true},
@@ -94,18 +95,18 @@ func TestParseAppID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			a, err := ParseAppID(tt.in)
+			a, err := ParseID(tt.in)
 			if tt.bad {
 				if err == nil {
-					t.Fatalf("ParseAppID(%q) = %+v, want error", tt.in, a)
+					t.Fatalf("ParseID(%q) = %+v, want error", tt.in, a)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("ParseAppID(%q): %v", tt.in, err)
+				t.Fatalf("ParseID(%q): %v", tt.in, err)
 			}
-			if a.Package != tt.pkg || a.App != tt.app || a.Version != tt.ver || a.Kind != tt.kind || a.Base() != tt.base {
-				t.Errorf("ParseAppID(%q) = %+v base %q, want pkg %q app %q ver %q kind %d base %q",
+			if a.Package != tt.pkg || a.App != tt.app || a.Version != tt.ver || a.Form != tt.kind || a.Base() != tt.base {
+				t.Errorf("ParseID(%q) = %+v base %q, want pkg %q app %q ver %q kind %d base %q",
 					tt.in, a, a.Base(), tt.pkg, tt.app, tt.ver, tt.kind, tt.base)
 			}
 			if a.String() != tt.in {
@@ -115,24 +116,46 @@ func TestParseAppID(t *testing.T) {
 	}
 }
 
-func FuzzParseAppID(f *testing.F) {
+func FuzzParseID(f *testing.F) {
 	for _, s := range []string{"com.ubuntu.music_music_1.0", "_legacy", "org.example.App", "x_y", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		a, err := ParseAppID(s)
+		a, err := ParseID(s)
 		if err != nil {
 			return
 		}
 		if a.String() != s {
 			t.Fatalf("String() = %q for %q", a.String(), s)
 		}
-		b, err := ParseAppID(a.Base())
+		b, err := ParseID(a.Base())
 		if err != nil {
 			t.Fatalf("Base %q of %q does not parse: %v", a.Base(), s, err)
 		}
-		if b.Base() != a.Base() || b.Package != a.Package || b.Kind != a.Kind {
+		if b.Base() != a.Base() || b.Package != a.Package || b.Form != a.Form {
 			t.Fatalf("Base %q of %q parses to %+v, want %+v", a.Base(), s, b, a)
+		}
+	})
+}
+
+// FuzzFileNames: every name an id gives for a file lookup (helper
+// manifests, desktop entries) is one safe file name element.
+func FuzzFileNames(f *testing.F) {
+	for _, s := range []string{"com.example.app_app_1.0", "_legacy", "org.example.App", "..", "a/b", "_./x", "pkg_app", "_.", "_a b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := ParseID(s)
+		if err != nil {
+			return
+		}
+		names := append(id.HelperNames(), id.DesktopIDs()...)
+		names = append(names, id.DesktopID())
+		for _, n := range names {
+			n = strings.TrimSuffix(n, "_*")
+			if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") || strings.HasPrefix(n, ".") || len(n)+len(".desktop") > 255 {
+				t.Fatalf("app id %q gives unsafe file name %q", s, n)
+			}
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package client
+package config
 
 import (
 	"bytes"
@@ -170,7 +170,7 @@ func TestHTTPOrigin(t *testing.T) {
 // FuzzConfig checks that any config file either fails with an error or
 // loads into a valid configuration that survives a round trip through TOML.
 func FuzzConfig(f *testing.F) {
-	seeds, _ := filepath.Glob(filepath.Join("testdata", "config", "*.toml"))
+	seeds, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
 	for _, s := range seeds {
 		b, err := os.ReadFile(s)
 		if err != nil {
