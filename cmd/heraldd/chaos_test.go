@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/internal/harness"
+	"github.com/heraldpush/herald/internal/pgtest"
 )
 
 // The chaos tests run the real heraldd and herald-server binaries on a
@@ -56,6 +58,7 @@ func binaries(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	pgtest.StopShared()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
@@ -74,6 +77,13 @@ type rig struct {
 	bin    string
 	bus    *harness.Bus
 	server *harness.Server
+	// nodes, when set, are herald-server nodes on one PostgreSQL database;
+	// the device reaches them through proxy, app servers post to any live one.
+	nodes  []*harness.Server
+	nodeMu sync.RWMutex // held for reading by a push, for writing to take a node out
+	on     int          // guarded by nodeMu: node the proxy sends the device to
+	down   int          // guarded by nodeMu: node being killed, or -1
+	turn   atomic.Int64
 	proxy  *harness.Proxy
 	daemon *harness.Daemon
 	conn   *dbus.Conn
@@ -81,21 +91,52 @@ type rig struct {
 }
 
 func newRig(t *testing.T, withProxy bool) *rig {
+	return newRigNodes(t, withProxy, 0)
+}
+
+// newRigNodes is newRig with nodes herald-server nodes on one PostgreSQL
+// database (0: one server on a sqlite file); with nodes, the device always
+// connects through the proxy.
+func newRigNodes(t *testing.T, withProxy bool, nodes int) *rig {
 	t.Helper()
-	r := &rig{t: t, bin: binaries(t), names: make(chan string, 100)}
+	r := &rig{t: t, bin: binaries(t), names: make(chan string, 100), down: -1}
 	dir := t.TempDir()
 	var err error
 	if r.bus, err = harness.StartBus(filepath.Join(dir, "bus")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.bus.Close)
-	if err := os.MkdirAll(filepath.Join(dir, "server"), 0o700); err != nil {
-		t.Fatal(err)
+	serverArgs := []string{"--rate-limit-token", "0", "--rate-limit-ip", "0"}
+	if nodes == 0 {
+		if err := os.MkdirAll(filepath.Join(dir, "server"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if r.server, err = harness.StartServer(filepath.Join(r.bin, "herald-server"), filepath.Join(dir, "server"), "127.0.0.1:0", serverArgs...); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.server.Kill() })
+	} else {
+		db := pgtest.Database(t)
+		for i := range nodes {
+			sdir := filepath.Join(dir, fmt.Sprintf("node%d", i))
+			if err := os.MkdirAll(sdir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			n, err := harness.StartServerDB(filepath.Join(r.bin, "herald-server"), sdir, "127.0.0.1:0", db, serverArgs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("node %d log tail:\n%s", i, n.Tail(3000))
+				}
+				n.Kill()
+			})
+			r.nodes = append(r.nodes, n)
+		}
+		r.server = r.nodes[0]
+		withProxy = true
 	}
-	if r.server, err = harness.StartServer(filepath.Join(r.bin, "herald-server"), filepath.Join(dir, "server"), "127.0.0.1:0", "--rate-limit-token", "0", "--rate-limit-ip", "0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.server.Kill() })
 	target := r.server.URL()
 	if withProxy {
 		if r.proxy, err = harness.StartProxy(r.server.Addr); err != nil {
@@ -194,7 +235,18 @@ func (r *rig) popAll(appID string) ([]string, error) {
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
 func (r *rig) push(tok string, body []byte) (int, error) {
-	req, err := http.NewRequest(http.MethodPost, r.server.HTTP()+"/wpush/v1/"+tok, bytes.NewReader(body))
+	base := r.server.HTTP()
+	if len(r.nodes) > 0 {
+		// Like a load balancer: any live node, in turn.
+		r.nodeMu.RLock()
+		defer r.nodeMu.RUnlock()
+		i := int(r.turn.Add(1) % int64(len(r.nodes)))
+		if i == r.down {
+			i = (i + 1) % len(r.nodes)
+		}
+		base = r.nodes[i].HTTP()
+	}
+	req, err := http.NewRequest(http.MethodPost, base+"/wpush/v1/"+tok, bytes.NewReader(body))
 	if err != nil {
 		return 0, err
 	}
@@ -313,7 +365,7 @@ func chaosPaused(t *testing.T, r *rig, msgs, faults int, fault func(i int), paus
 			}
 		}
 	}
-	total := 0
+	total, delivered, dups := 0, 0, 0
 	for i := range apps {
 		seen := map[int]bool{}
 		last := -1
@@ -322,6 +374,7 @@ func chaosPaused(t *testing.T, r *rig, msgs, faults int, fault func(i int), paus
 				t.Errorf("%s got a message of app %d", appIDs[i], c.App)
 			}
 			if seen[c.Seq] {
+				dups++
 				t.Errorf("%s got message %d twice", appIDs[i], c.Seq)
 			}
 			if c.Seq <= last {
@@ -333,8 +386,10 @@ func chaosPaused(t *testing.T, r *rig, msgs, faults int, fault func(i int), paus
 			seen[c.Seq], last = true, c.Seq
 		}
 		total += len(must[i])
+		delivered += len(got[i])
 	}
-	t.Logf("%d messages accepted, %d faults", total, faults)
+	// Every accepted message was found above (or the test failed there).
+	t.Logf("%d messages accepted, %d faults: %d delivered, 0 lost, %d duplicated", total, faults, delivered, dups)
 	if total == 0 {
 		t.Errorf("no message was accepted by the server")
 	}
@@ -372,6 +427,29 @@ func TestChaosServerKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}, &pause)
+}
+
+// TestChaosNodeKilled runs two herald-server nodes on one PostgreSQL
+// database. Each fault SIGKILLs the node holding the device while app servers
+// go on posting to the other one; the device reconnects to the survivor (the
+// proxy stands for a load balancer taking the dead node out), the dead node
+// restarts. Every accepted message arrives once, in order.
+func TestChaosNodeKilled(t *testing.T) {
+	r := newRigNodes(t, true, 2)
+	chaos(t, r, 1000*scale(), 5*scale(), func(int) {
+		r.nodeMu.Lock()
+		victim := r.on
+		r.down, r.on = victim, (victim+1)%len(r.nodes)
+		r.proxy.SetTarget(r.nodes[r.on].Addr)
+		r.nodeMu.Unlock()
+		r.nodes[victim].Kill()
+		if err := r.nodes[victim].Restart(); err != nil {
+			t.Fatal(err)
+		}
+		r.nodeMu.Lock()
+		r.down = -1
+		r.nodeMu.Unlock()
+	})
 }
 
 func TestChaosConnectionCut(t *testing.T) {

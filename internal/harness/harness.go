@@ -234,7 +234,13 @@ func (s *Server) HTTP() string { return "http://" + s.Addr }
 // StartServer runs bin (herald-server) on addr ("127.0.0.1:0" for any port)
 // with its database in dir.
 func StartServer(bin, dir, addr string, extra ...string) (*Server, error) {
-	s := &Server{Bin: bin, DB: filepath.Join(dir, "herald-server.db"), Dir: dir, Args: extra}
+	return StartServerDB(bin, dir, addr, filepath.Join(dir, "herald-server.db"), extra...)
+}
+
+// StartServerDB is StartServer with the database db: a sqlite file or a
+// postgres:// URL (several servers on one URL are the nodes of one service).
+func StartServerDB(bin, dir, addr, db string, extra ...string) (*Server, error) {
+	s := &Server{Bin: bin, DB: db, Dir: dir, Args: extra}
 	if err := s.start(addr); err != nil {
 		return nil, err
 	}
@@ -355,15 +361,15 @@ func CleanEnv() []string {
 // Proxy forwards TCP connections from a loopback listener to a target and can
 // cut every open connection at once. It counts the bytes in each direction.
 type Proxy struct {
-	Addr   string
-	target string
-	ln     net.Listener
+	Addr string
+	ln   net.Listener
 
-	mu    sync.Mutex // guards conns, up, down, closed
-	conns map[net.Conn]struct{}
-	up    int64 // client → target
-	down  int64 // target → client
-	wg    sync.WaitGroup
+	mu     sync.Mutex // guards target, conns, up, down, closed
+	target string
+	conns  map[net.Conn]struct{}
+	up     int64 // client → target
+	down   int64 // target → client
+	wg     sync.WaitGroup
 }
 
 // StartProxy listens on a free loopback port and forwards to target.
@@ -385,7 +391,10 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		t, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		p.mu.Lock()
+		target := p.target
+		p.mu.Unlock()
+		t, err := net.DialTimeout("tcp", target, 5*time.Second)
 		if err != nil {
 			c.Close()
 			continue
@@ -422,6 +431,14 @@ func (p *Proxy) pipe(dst, src net.Conn, counter *int64) {
 	p.mu.Lock()
 	delete(p.conns, dst)
 	delete(p.conns, src)
+	p.mu.Unlock()
+}
+
+// SetTarget makes new connections go to target (like a load balancer taking
+// a dead backend out); open ones stay.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	p.target = target
 	p.mu.Unlock()
 }
 
