@@ -155,6 +155,14 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 	return nil
 }
 
+// fitsFrame reports whether the notification frame of m, with the longest
+// TTL, stays within protocol.MaxFrameBytes: a message the device cannot read
+// is refused at the door instead of stored.
+func (s *Server) fitsFrame(m *Message) bool {
+	n := len(appendNotification(nil, m.ChannelID, m.Version, m.Data, m.Headers, int64(protocol.MaxTTL/time.Second)))
+	return n <= protocol.MaxFrameBytes
+}
+
 // handleWebPush is POST /wpush/v1/<token> (RFC 8030).
 func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 	token := r.PathValue("token")
@@ -194,6 +202,12 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 				s.pushFail(w, newPushError(400, errnoBadEncoding, "aesgcm needs Encryption and Crypto-Key headers"))
 				return
 			}
+			if len(r.Header.Values("Encryption")) > 1 || len(r.Header.Values("Crypto-Key")) > 1 ||
+				!validCryptoParams(enc2) || !validCryptoParams(ck) {
+				s.pushFail(w, newPushError(400, errnoBadEncoding,
+					"invalid Encryption or Crypto-Key header: want name=value parameters, at most 512 bytes each"))
+				return
+			}
 			headers = map[string]string{"encoding": enc, "encryption": enc2, "crypto_key": ck}
 		default:
 			s.pushFail(w, newPushError(400, errnoBadEncoding, "unsupported Content-Encoding: want aes128gcm, aesgcm or none"))
@@ -204,6 +218,11 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 	m := &Message{
 		ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Topic: h.Topic,
 		Data: body, Headers: headers, Expiry: s.now().Add(time.Duration(h.TTL) * time.Second),
+	}
+	if !s.fitsFrame(m) {
+		s.metrics.refused.WithLabelValues("frame_too_big").Inc()
+		s.pushFail(w, newPushError(413, errnoTooLarge, "message too large for a notification frame"))
+		return
 	}
 	if err := s.accept(r, m, PutOptions{Replace: h.Topic != "", DropOver: s.cfg.MaxPending}, "webpush"); err != nil {
 		s.log.Error("cannot store message", "err", err)
@@ -322,6 +341,11 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	}
 	id := newMessageID()
 	m := &Message{ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Data: req.Data, Expiry: exp}
+	if !s.fitsFrame(m) {
+		s.metrics.refused.WithLabelValues("frame_too_big").Inc()
+		notifyFail(w, newNotifyError(413, "invalid-request", "Notification too large for a frame"))
+		return
+	}
 	o := PutOptions{ClearPending: req.ClearPending, RejectAt: s.cfg.NotifyMaxPending}
 	if req.ReplaceTag != "" {
 		m.Topic = notifyTagPrefix + req.ReplaceTag

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,4 +101,30 @@ func jsonEqual(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
+}
+
+// FuzzCryptoParams checks that an accepted aesgcm Encryption or Crypto-Key
+// header is bounded and that a notification frame carrying two of them and
+// the largest body fits the frame limit (the poisoned-header attack of issue
+// 11). Seeds: testdata/fuzz/FuzzCryptoParams.
+func FuzzCryptoParams(f *testing.F) {
+	f.Add(`salt="lngarbyKfMoi9Z75xYXmkg"`)
+	f.Add(`keyid="p256dh";dh=BDgpRKok2GZZDmS4r63vbJSUtcQx4Fq1V58-6-3NbZzSTlZsQiCEDTQy3CZ0ZMsqeqsEb7qW2blQHA4S48fynTk`)
+	f.Add(strings.Repeat("<", 8000))
+	f.Fuzz(func(t *testing.T, v string) {
+		if !validCryptoParams(v) {
+			return
+		}
+		if len(v) > MaxCryptoHeader {
+			t.Fatalf("accepted %d bytes", len(v))
+		}
+		h := map[string]string{"encoding": "aesgcm", "encryption": v, "crypto_key": v}
+		frame := appendNotification(nil, protocol.NewChannelID(), newMessageID(), make([]byte, protocol.MaxBodyBytes), h, int64(protocol.MaxTTL/time.Second))
+		if len(frame) > protocol.MaxFrameBytes {
+			t.Fatalf("frame of %d bytes", len(frame))
+		}
+		if _, err := protocol.Decode(frame); err != nil {
+			t.Fatalf("frame does not decode: %v", err)
+		}
+	})
 }

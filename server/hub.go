@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/heraldpush/herald/internal/wsread"
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
 )
@@ -25,6 +27,31 @@ const (
 	// closeInternal is the websocket close code for a server error.
 	closeInternal = 1011
 )
+
+// connCounter counts the websockets of each client address.
+type connCounter struct {
+	mu sync.Mutex
+	n  map[string]int // guarded by mu
+}
+
+// acquire counts one more connection of ip unless it has max already.
+func (cc *connCounter) acquire(ip string, max int) bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.n[ip] >= max {
+		return false
+	}
+	cc.n[ip]++
+	return true
+}
+
+func (cc *connCounter) release(ip string) {
+	cc.mu.Lock()
+	if cc.n[ip]--; cc.n[ip] <= 0 {
+		delete(cc.n, ip)
+	}
+	cc.mu.Unlock()
+}
 
 // hub maps each connected uaid to its connection.
 type hub struct {
@@ -105,23 +132,50 @@ type conn struct {
 
 	wmu sync.Mutex // serialises writes to ws
 
-	mu       sync.Mutex
-	unacked  map[Ref]int64 // guarded by mu; sent, waiting for an ack: their Seq
-	ackedMax int64         // guarded by mu; highest Seq acked on this connection
-	draining bool          // guarded by mu; stored messages are being sent in batches
-	more     bool          // guarded by mu; a live message arrived while draining
-	cursor   int64         // guarded by mu; stored messages up to this Seq were fetched
-	closed   bool          // guarded by mu; no more writes
-	ping     *time.Timer   // guarded by mu
+	drainMu sync.Mutex // serialises drain (reader goroutine and ack timer)
+
+	mu        sync.Mutex
+	unacked   map[Ref]sent // guarded by mu; sent, waiting for an ack
+	batchLeft int          // guarded by mu; unacked messages of the current stored batch
+	batchGen  int          // guarded by mu; counts stored batches (for the ack timer)
+	ackTimer  *time.Timer  // guarded by mu; ends the wait for the current batch
+	ackedMax  int64        // guarded by mu; highest Seq acked on this connection
+	draining  bool         // guarded by mu; stored messages are being sent in batches
+	greeted   bool         // guarded by mu; the hello reply is sent: live messages may follow
+	more      bool         // guarded by mu; a live message was left in the store while draining
+	cursor    int64        // guarded by mu; stored messages up to this Seq were fetched
+	closed    bool         // guarded by mu; no more writes
+	ping      *time.Timer  // guarded by mu
+}
+
+// sent is an unacknowledged message.
+type sent struct {
+	seq   int64
+	batch bool // part of a batch of stored messages (drain), not live
 }
 
 func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
+	ip := clientIP(r)
+	if ok, retry := s.wsRL.allow(ip, s.now()); !ok {
+		s.metrics.refused.WithLabelValues("upgrade_rate").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
+		http.Error(w, "too many websocket upgrades from this address, retry later", http.StatusTooManyRequests)
+		return
+	}
+	if !s.wsConns.acquire(ip, s.cfg.MaxConnsPerIP) {
+		s.metrics.refused.WithLabelValues("conns_per_ip").Inc()
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, "too many websockets from this address", http.StatusTooManyRequests)
+		return
+	}
 	if !s.hub.start() {
+		s.wsConns.release(ip)
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		s.wsConns.release(ip)
 		s.hub.wg.Done()
 		s.log.Debug("websocket upgrade failed", "err", err)
 		return
@@ -131,8 +185,23 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 	c := &conn{s: s, ws: ws}
 	go func() {
 		defer s.hub.wg.Done()
+		defer s.wsConns.release(ip)
 		c.run()
 	}()
+}
+
+// read returns the next frame of at most MaxFrameBytes after decompression;
+// a larger one closes the connection with 1009.
+func (c *conn) read() (int, []byte, error) {
+	typ, b, err := wsread.Read(c.ws, protocol.MaxFrameBytes)
+	if errors.Is(err, wsread.ErrTooBig) {
+		c.s.metrics.refused.WithLabelValues("frame_too_big").Inc()
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		wsread.CloseTooBig(c.ws)
+	}
+	return typ, b, err
 }
 
 // run serves the connection until it ends.
@@ -158,11 +227,12 @@ func (c *conn) run() {
 	}
 	if !known {
 		uaid = protocol.NewUAID()
-		if err := s.store.AddDevice(ctx, uaid); err != nil {
-			s.log.Error("cannot add device", "err", err)
-			c.fail(closeInternal, "internal error")
-			return
-		}
+	}
+	// A known device is marked as seen (idle devices are deleted).
+	if err := s.store.AddDevice(ctx, uaid, s.now()); err != nil {
+		s.log.Error("cannot add device", "err", err)
+		c.fail(closeInternal, "internal error")
+		return
 	}
 	c.uaid = uaid
 	if s.node != nil {
@@ -179,7 +249,9 @@ func (c *conn) run() {
 		return
 	}
 	if old != nil {
-		old.shut(protocol.CloseDoNotReconnect, "replaced by a newer connection")
+		// A normal close: the replaced device (or whoever learnt its uaid)
+		// redials after its short back-off, never the 5-minute one of 4774.
+		old.shut(protocol.CloseNormal, "replaced by a newer connection")
 	}
 	if s.node != nil {
 		// The route is claimed before the first read of stored messages: a
@@ -212,6 +284,9 @@ func (c *conn) run() {
 		if c.ping != nil {
 			c.ping.Stop()
 		}
+		if c.ackTimer != nil {
+			c.ackTimer.Stop()
+		}
 		c.mu.Unlock()
 	}()
 	s.log.Debug("device connected", "uaid", redact(uaid), "known", known)
@@ -223,13 +298,16 @@ func (c *conn) run() {
 	if c.write(reply) != nil {
 		return
 	}
+	c.mu.Lock()
+	c.greeted = true
+	c.mu.Unlock()
 	c.extendDeadline()
 	c.ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
 	if err := c.drain(ctx); err != nil {
 		return
 	}
 	for {
-		typ, frame, err := c.ws.ReadMessage()
+		typ, frame, err := c.read()
 		if err != nil {
 			s.log.Debug("device disconnected", "err", err)
 			return
@@ -254,9 +332,9 @@ func (c *conn) run() {
 }
 
 func (c *conn) readHello() (*protocol.Hello, error) {
-	typ, frame, err := c.ws.ReadMessage()
+	typ, frame, err := c.read()
 	if err != nil {
-		// Over MaxFrameBytes, gorilla has already sent close 1009.
+		// Over MaxFrameBytes, gorilla or read has already sent close 1009.
 		return nil, err
 	}
 	if typ != websocket.TextMessage {
@@ -309,16 +387,16 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		c.mu.Lock()
 		for _, u := range m.Updates {
 			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
-			if seq, ok := c.unacked[r]; ok {
-				delete(c.unacked, r)
-				c.ackedMax = max(c.ackedMax, seq)
+			if st, ok := c.unacked[r]; ok {
+				c.forget(r, st)
+				c.ackedMax = max(c.ackedMax, st.seq)
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
 					delivered++
 				}
 			}
 			refs = append(refs, r)
 		}
-		more := c.draining && len(c.unacked) == 0
+		more := c.draining && c.batchLeft == 0
 		c.mu.Unlock()
 		s.metrics.delivered.Add(float64(delivered))
 		if err := s.store.Delete(ctx, c.uaid, refs); err != nil {
@@ -331,12 +409,12 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 	case *protocol.Nack:
 		// The message stays stored and is sent again on the next connection.
 		c.mu.Lock()
-		for r := range c.unacked {
+		for r, st := range c.unacked {
 			if r.Version == m.Version {
-				delete(c.unacked, r)
+				c.forget(r, st)
 			}
 		}
-		more := c.draining && len(c.unacked) == 0
+		more := c.draining && c.batchLeft == 0
 		c.mu.Unlock()
 		if more {
 			return c.drain(ctx)
@@ -363,10 +441,15 @@ func (c *conn) register(ctx context.Context, m *protocol.Register) error {
 		}
 		key = k
 	}
-	ch, err := s.store.Register(ctx, Channel{Token: newToken(), UAID: c.uaid, ChannelID: m.ChannelID, Key: key})
+	ch, err := s.store.Register(ctx, Channel{Token: newToken(), UAID: c.uaid, ChannelID: m.ChannelID, Key: key}, s.cfg.MaxChannels)
 	switch {
 	case errors.Is(err, ErrConflict):
 		reply.Status = 409
+	case errors.Is(err, ErrTooManyChannels):
+		// Like /notify's 413 too-many-pending: the device must unregister first.
+		s.metrics.refused.WithLabelValues("channels_per_device").Inc()
+		s.log.Debug("register over the channel limit", "uaid", redact(c.uaid), "max", s.cfg.MaxChannels)
+		reply.Status = StatusTooManyChannels
 	case err != nil:
 		s.log.Error("cannot register channel", "err", err)
 		reply.Status = 500
@@ -379,11 +462,20 @@ func (c *conn) register(ctx context.Context, m *protocol.Register) error {
 	return c.write(b)
 }
 
+// StatusTooManyChannels is the register status for a device that has
+// Config.MaxChannels channels already.
+const StatusTooManyChannels = 413
+
 // drain sends the next batch of stored messages, if no batch is unacked.
+// A stored message sent MaxAttempts times is dropped instead (counted in
+// herald_messages_undeliverable_total): one message the device never acks
+// cannot block the device. Live messages do not wait for drain.
 func (c *conn) drain(ctx context.Context) error {
+	c.drainMu.Lock()
+	defer c.drainMu.Unlock()
 	for {
 		c.mu.Lock()
-		if c.closed || !c.draining || len(c.unacked) > 0 {
+		if c.closed || !c.draining || c.batchLeft > 0 {
 			c.mu.Unlock()
 			return nil
 		}
@@ -408,6 +500,7 @@ func (c *conn) drain(ctx context.Context) error {
 			return err
 		}
 		var frames [][]byte
+		var tried, dead []Ref
 		c.mu.Lock()
 		for _, m := range msgs {
 			c.cursor = max(c.cursor, m.Seq)
@@ -415,14 +508,39 @@ func (c *conn) drain(ctx context.Context) error {
 			if _, ok := c.unacked[r]; ok {
 				continue
 			}
-			c.markSent(r, m.Seq)
+			if m.Attempts >= c.s.cfg.MaxAttempts {
+				dead = append(dead, r)
+				continue
+			}
+			c.markSent(r, m.Seq, true)
+			tried = append(tried, r)
 			frames = append(frames, c.s.encodeNotification(m))
 		}
 		if len(msgs) < protocol.BatchSize && !c.more {
 			c.draining = false
 		}
-		again := c.draining && len(c.unacked) == 0
+		again := c.draining && c.batchLeft == 0
+		if c.batchLeft > 0 {
+			c.batchGen++
+			gen := c.batchGen
+			if c.ackTimer != nil {
+				c.ackTimer.Stop()
+			}
+			c.ackTimer = time.AfterFunc(c.s.cfg.AckTimeout, func() { c.ackTimeout(ctx, gen) })
+		}
 		c.mu.Unlock()
+		if len(dead) > 0 {
+			c.s.metrics.undeliverable.Add(float64(len(dead)))
+			c.s.log.Warn("dropped messages never acknowledged", "uaid", redact(c.uaid), "count", len(dead), "attempts", c.s.cfg.MaxAttempts)
+			if err := c.s.store.Delete(ctx, c.uaid, dead); err != nil {
+				c.s.log.Warn("cannot delete undeliverable messages", "err", err)
+			}
+		}
+		if len(tried) > 0 {
+			if err := c.s.store.Attempted(ctx, c.uaid, tried); err != nil {
+				c.s.log.Warn("cannot count delivery attempts", "err", err)
+			}
+		}
 		if len(frames) > 0 {
 			if err := c.write(frames...); err != nil {
 				return err
@@ -434,12 +552,44 @@ func (c *conn) drain(ctx context.Context) error {
 	}
 }
 
-// markSent records r (stored as seq) as waiting for an ack. c.mu must be held.
-func (c *conn) markSent(r Ref, seq int64) {
-	if c.unacked == nil {
-		c.unacked = make(map[Ref]int64, 4)
+// ackTimeout gives up waiting for the acks of stored batch gen: its
+// messages stay stored (for the next connection, up to MaxAttempts) and the
+// next batch is sent.
+func (c *conn) ackTimeout(ctx context.Context, gen int) {
+	c.mu.Lock()
+	if c.closed || gen != c.batchGen || c.batchLeft == 0 {
+		c.mu.Unlock()
+		return
 	}
-	c.unacked[r] = seq
+	n := 0
+	for r, st := range c.unacked {
+		if st.batch {
+			c.forget(r, st)
+			n++
+		}
+	}
+	c.mu.Unlock()
+	c.s.log.Debug("stored batch not acknowledged in time", "uaid", redact(c.uaid), "unacked", n)
+	_ = c.drain(ctx)
+}
+
+// markSent records r (stored as seq) as waiting for an ack. c.mu must be held.
+func (c *conn) markSent(r Ref, seq int64, batch bool) {
+	if c.unacked == nil {
+		c.unacked = make(map[Ref]sent, 4)
+	}
+	c.unacked[r] = sent{seq: seq, batch: batch}
+	if batch {
+		c.batchLeft++
+	}
+}
+
+// forget removes an acked, nacked or given-up message. c.mu must be held.
+func (c *conn) forget(r Ref, st sent) {
+	delete(c.unacked, r)
+	if st.batch {
+		c.batchLeft--
+	}
 }
 
 // deliver sends a just-accepted message to the device at once, or leaves a
@@ -455,7 +605,9 @@ func (c *conn) deliver(m *Message) {
 		c.mu.Unlock()
 		return
 	}
-	if m.Seq != 0 && (c.draining || len(c.unacked) >= maxUnacked) {
+	// Live messages do not wait behind a drain: only before the hello
+	// reply, or when the device has too many unacked, they are left to it.
+	if m.Seq != 0 && (!c.greeted || len(c.unacked) >= maxUnacked) {
 		c.draining = true
 		c.more = true
 		// With several nodes, Seqs are handed out before commit, so a
@@ -466,7 +618,7 @@ func (c *conn) deliver(m *Message) {
 		c.mu.Unlock()
 		return
 	}
-	c.markSent(r, m.Seq)
+	c.markSent(r, m.Seq, false)
 	c.mu.Unlock()
 	bp, _ := c.s.frames.Get().(*[]byte)
 	if bp == nil {

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"mime"
 	"net/http"
 	"strings"
@@ -126,7 +127,12 @@ func (s *Server) handleLomiriRegister(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ch, err := s.store.Register(r.Context(), Channel{Token: newToken(), UAID: LomiriUAIDPrefix + ids.DeviceID, ChannelID: ids.AppID})
+	ch, err := s.store.Register(r.Context(), Channel{Token: newToken(), UAID: LomiriUAIDPrefix + ids.DeviceID, ChannelID: ids.AppID}, s.cfg.MaxChannels)
+	if errors.Is(err, ErrTooManyChannels) {
+		s.metrics.refused.WithLabelValues("channels_per_device").Inc()
+		notifyFail(w, newNotifyError(413, "invalid-request", "Too many apps registered for this device"))
+		return
+	}
 	if err != nil {
 		s.log.Error("cannot register lomiri app", "err", err)
 		notifyFail(w, newNotifyError(503, "unavailable", "Could not make token"))

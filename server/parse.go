@@ -191,3 +191,77 @@ func parseNotify(body []byte, now time.Time) (notifyRequest, *notifyError) {
 		ClearPending: raw.ClearPending, ReplaceTag: raw.ReplaceTag,
 	}, nil
 }
+
+// MaxCryptoHeader is the most bytes an aesgcm Encryption or Crypto-Key
+// header may have: real ones carry a salt, a dh key and a VAPID key (under
+// 300 bytes); the bound keeps every notification frame far below
+// protocol.MaxFrameBytes.
+const MaxCryptoHeader = 512
+
+// validCryptoParams reports whether v is a parameter list of the aesgcm
+// Encryption or Crypto-Key header (draft-ietf-httpbis-encryption-encoding-03,
+// the parameter syntax RFC 8188 kept): comma-separated elements of
+// semicolon-separated name=value parameters, a name a token, a value a token
+// (with "/" and "=" of base64 allowed) or a quoted string without escapes.
+func validCryptoParams(v string) bool {
+	if v == "" || len(v) > MaxCryptoHeader {
+		return false
+	}
+	i := 0
+	ows := func() {
+		for i < len(v) && (v[i] == ' ' || v[i] == '\t') {
+			i++
+		}
+	}
+	for {
+		ows()
+		// name
+		n := i
+		for i < len(v) && isTokenChar(v[i]) {
+			i++
+		}
+		if i == n || i >= len(v) || v[i] != '=' {
+			return false
+		}
+		i++
+		// value
+		if i < len(v) && v[i] == '"' {
+			i++
+			for i < len(v) && v[i] != '"' {
+				if c := v[i]; c < 0x20 || c > 0x7e || c == '\\' {
+					return false
+				}
+				i++
+			}
+			if i >= len(v) {
+				return false
+			}
+			i++
+		} else {
+			n = i
+			for i < len(v) && (isTokenChar(v[i]) || v[i] == '/' || v[i] == '=') {
+				i++
+			}
+			if i == n {
+				return false
+			}
+		}
+		ows()
+		if i == len(v) {
+			return true
+		}
+		if v[i] != ';' && v[i] != ',' {
+			return false
+		}
+		i++
+	}
+}
+
+// isTokenChar reports whether c is a tchar of RFC 9110.
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}

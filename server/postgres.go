@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,6 +83,13 @@ var pgMigrations = []string{
 		expiry  bigint NOT NULL,
 		PRIMARY KEY (channel, level)
 	);`,
+	// 3: bounds (issue 11): when a device was last seen, for deleting idle
+	// ones (existing devices count as seen at the upgrade), and the delivery
+	// attempts of a message.
+	`ALTER TABLE devices ADD COLUMN seen bigint NOT NULL DEFAULT 0;
+	UPDATE devices SET seen = (extract(epoch FROM now()) * 1000)::bigint;
+	CREATE INDEX devices_seen ON devices (seen);
+	ALTER TABLE messages ADD COLUMN attempts int NOT NULL DEFAULT 0;`,
 }
 
 // PostgresStore is the Store of any number of server nodes sharing one
@@ -204,25 +212,36 @@ func (s *PostgresStore) HasDevice(ctx context.Context, uaid string) (bool, error
 }
 
 // AddDevice implements Store.
-func (s *PostgresStore) AddDevice(ctx context.Context, uaid string) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO devices (uaid, created) VALUES ($1, $2) ON CONFLICT DO NOTHING`, uaid, ms(time.Now()))
+func (s *PostgresStore) AddDevice(ctx context.Context, uaid string, now time.Time) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO devices (uaid, created, seen) VALUES ($1, $2, $2)
+		ON CONFLICT (uaid) DO UPDATE SET seen = excluded.seen`, uaid, ms(now))
 	return s.wrap("cannot add device", err)
 }
 
 // Register implements Store.
-func (s *PostgresStore) Register(ctx context.Context, ch Channel) (Channel, error) {
-	// Insert unless the pair exists, then read what is stored: one round trip
-	// for a new channel, correct under concurrent registrations.
+func (s *PostgresStore) Register(ctx context.Context, ch Channel, maxChannels int) (Channel, error) {
+	// Insert unless the pair exists or the device is at the cap, then read
+	// what is stored: one round trip for a new channel, correct under
+	// concurrent registrations of different devices (two concurrent ones of
+	// one device may pass the cap by one each: a bound, not an exact count).
 	var token string
 	var key []byte
+	limit := int64(maxChannels)
+	if limit <= 0 {
+		limit = math.MaxInt64
+	}
 	err := s.pool.QueryRow(ctx, `WITH ins AS (
-			INSERT INTO channels (token, uaid, chid, vapid, created) VALUES ($1, $2, $3, $4, $5)
+			INSERT INTO channels (token, uaid, chid, vapid, created)
+			SELECT $1, $2, $3, $4, $5 WHERE (SELECT count(*) FROM channels WHERE uaid = $2) < $6
 			ON CONFLICT (uaid, chid) DO NOTHING RETURNING token, vapid)
 		SELECT token, vapid FROM ins`,
-		ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), ms(time.Now())).Scan(&token, &key)
+		ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), ms(time.Now()), limit).Scan(&token, &key)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = s.pool.QueryRow(ctx, `SELECT token, vapid FROM channels WHERE uaid = $1 AND chid = $2`,
 			ch.UAID, ch.ChannelID).Scan(&token, &key)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Channel{}, ErrTooManyChannels
+		}
 	}
 	if err != nil {
 		return Channel{}, s.wrap("cannot register channel", err)
@@ -378,7 +397,7 @@ func (s *PostgresStore) dropOldest(ctx context.Context, q pgQuerier, m *Message,
 
 // Pending implements Store.
 func (s *PostgresStore) Pending(ctx context.Context, uaid string, after int64, limit int, now time.Time) ([]*Message, error) {
-	rows, err := s.pool.Query(ctx, `SELECT seq, id, chid, version, topic, data, headers, expiry FROM messages
+	rows, err := s.pool.Query(ctx, `SELECT seq, id, chid, version, topic, data, headers, expiry, attempts FROM messages
 		WHERE uaid = $1 AND seq > $2 AND expiry > $3 ORDER BY seq LIMIT $4`, uaid, after, ms(now), limit)
 	if err != nil {
 		return nil, s.wrap("cannot read pending messages", err)
@@ -387,7 +406,7 @@ func (s *PostgresStore) Pending(ctx context.Context, uaid string, after int64, l
 		m := &Message{UAID: uaid}
 		var headers *string
 		var exp int64
-		if err := row.Scan(&m.Seq, &m.ID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp); err != nil {
+		if err := row.Scan(&m.Seq, &m.ID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp, &m.Attempts); err != nil {
 			return nil, err
 		}
 		m.Expiry = time.UnixMilli(exp)
@@ -424,6 +443,63 @@ func (s *PostgresStore) Delete(ctx context.Context, uaid string, refs []Ref) err
 	_, err := s.pool.Exec(ctx, `DELETE FROM messages WHERE uaid = $1
 		AND (chid, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, uaid, chids, versions)
 	return s.wrap("cannot delete acknowledged messages", err)
+}
+
+// Attempted implements Store: one statement, committed before it returns.
+func (s *PostgresStore) Attempted(ctx context.Context, uaid string, refs []Ref) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	chids := make([]string, len(refs))
+	versions := make([]string, len(refs))
+	for i, r := range refs {
+		chids[i], versions[i] = r.ChannelID, r.Version
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE messages SET attempts = attempts + 1 WHERE uaid = $1
+		AND (chid, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, uaid, chids, versions)
+	return s.wrap("cannot count delivery attempts", err)
+}
+
+// IdleDevices implements Store.
+func (s *PostgresStore) IdleDevices(ctx context.Context, idleSince time.Time, limit int) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT uaid FROM devices WHERE seen < $1 ORDER BY seen LIMIT $2`, ms(idleSince), limit)
+	if err != nil {
+		return nil, s.wrap("cannot look up idle devices", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return out, s.wrap("cannot look up idle devices", err)
+}
+
+// DeleteDevices implements Store: the devices still idle, their channels and
+// messages, in one transaction.
+func (s *PostgresStore) DeleteDevices(ctx context.Context, uaids []string, idleSince time.Time) (int, error) {
+	if len(uaids) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `DELETE FROM devices WHERE uaid = ANY($1) AND seen < $2 RETURNING uaid`, uaids, ms(idleSince))
+		if err != nil {
+			return err
+		}
+		gone, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		n = len(gone)
+		if n == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM channels WHERE uaid = ANY($1)`, gone); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM messages WHERE uaid = ANY($1)`, gone)
+		return err
+	})
+	if err != nil {
+		return 0, s.wrap("cannot delete idle devices", err)
+	}
+	return n, nil
 }
 
 // Cancel implements Store.
@@ -599,7 +675,7 @@ func (s *PostgresStore) Import(ctx context.Context, recs []Record) error {
 	for _, r := range recs {
 		switch {
 		case r.Device != "":
-			b.Queue(`INSERT INTO devices (uaid, created) VALUES ($1, $2) ON CONFLICT DO NOTHING`, r.Device, now)
+			b.Queue(`INSERT INTO devices (uaid, created, seen) VALUES ($1, $2, $2) ON CONFLICT DO NOTHING`, r.Device, now)
 		case r.Channel != nil:
 			ch := r.Channel
 			b.Queue(`INSERT INTO channels (token, uaid, chid, vapid, created) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,

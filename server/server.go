@@ -39,6 +39,28 @@ var (
 // DefaultSweepInterval is how often expired messages are deleted.
 const DefaultSweepInterval = time.Minute
 
+// Defaults of the bounds of Config (docs/architecture.md, "Bounds").
+const (
+	// DefaultMaxChannels is how many channels one device may register.
+	DefaultMaxChannels = 1000
+	// DefaultDeviceIdle is how long a device may stay away before it is
+	// deleted with its channels and messages: twice the longest TTL, like
+	// autopush's 60-day user record.
+	DefaultDeviceIdle = 60 * 24 * time.Hour
+	// DefaultMaxAttempts is how often a stored message is sent before it is
+	// dropped undelivered (herald_messages_undeliverable_total).
+	DefaultMaxAttempts = 10
+	// DefaultAckTimeout is how long a batch of stored messages may stay
+	// unacknowledged before the next batch is sent anyway.
+	DefaultAckTimeout = time.Minute
+	// DefaultMaxConnsPerIP is how many device websockets one client address
+	// may hold at once (devices behind one NAT share an address).
+	DefaultMaxConnsPerIP = 1000
+)
+
+// DefaultUpgradeLimit is the rate of websocket upgrades per client address.
+var DefaultUpgradeLimit = Limit{Rate: 20, Burst: 200}
+
 // Config configures a Server.
 type Config struct {
 	// PublicURL is the base URL app servers reach the server at, for example
@@ -83,6 +105,23 @@ type Config struct {
 	// check. No hosts: /delivery-hosts answers 404.
 	LomiriHosts  []string
 	LomiriDomain string
+	// MaxChannels is how many channels a device may register; beyond it
+	// register answers status 413 (default DefaultMaxChannels).
+	MaxChannels int
+	// DeviceIdle is how long a device may stay disconnected before it is
+	// deleted (default DefaultDeviceIdle).
+	DeviceIdle time.Duration
+	// MaxAttempts is how often a stored message is sent before it is dropped
+	// undelivered (default DefaultMaxAttempts).
+	MaxAttempts int
+	// AckTimeout is how long the server waits for the acks of a batch of
+	// stored messages before it sends the next batch (default DefaultAckTimeout).
+	AckTimeout time.Duration
+	// UpgradeLimit limits websocket upgrades per client address, MaxConnsPerIP
+	// the websockets one address holds at once; beyond either the upgrade is
+	// answered 429 (defaults DefaultUpgradeLimit, DefaultMaxConnsPerIP).
+	UpgradeLimit  Limit
+	MaxConnsPerIP int
 	// Logger receives the server's logs (default: discarded).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -102,6 +141,8 @@ type Server struct {
 	metrics  *metrics
 	tokenRL  *limiter
 	ipRL     *limiter
+	wsRL     *limiter // websocket upgrades per client address
+	wsConns  connCounter
 	hub      hub
 	lomiri   lhub
 	tokens   tokenCache
@@ -127,6 +168,24 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
 	}
+	if cfg.MaxChannels <= 0 {
+		cfg.MaxChannels = DefaultMaxChannels
+	}
+	if cfg.DeviceIdle <= 0 {
+		cfg.DeviceIdle = DefaultDeviceIdle
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = DefaultAckTimeout
+	}
+	if cfg.UpgradeLimit == (Limit{}) {
+		cfg.UpgradeLimit = DefaultUpgradeLimit
+	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
 	if cfg.TokenLimit == (Limit{}) {
 		cfg.TokenLimit = DefaultTokenLimit
 	}
@@ -147,10 +206,12 @@ func New(cfg Config) (*Server, error) {
 		audience: u.Scheme + "://" + u.Host,
 		tokenRL:  newLimiter(cfg.TokenLimit),
 		ipRL:     newLimiter(cfg.IPLimit),
+		wsRL:     newLimiter(cfg.UpgradeLimit),
 		metrics:  newMetrics(),
 	}
 	s.hub.conns = map[string]*conn{}
 	s.tokens.m = map[string]Channel{}
+	s.wsConns.n = map[string]int{}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   512,
@@ -327,9 +388,69 @@ func (s *Server) sweep(ctx context.Context) {
 			s.metrics.expired.Add(float64(n))
 			s.log.Debug("swept expired messages", "count", n)
 		}
+		s.sweepDevices(ctx, now)
 		s.tokenRL.prune(now)
 		s.ipRL.prune(now)
+		s.wsRL.prune(now)
 	}
+}
+
+// sweepDevices deletes devices away for longer than DeviceIdle, with their
+// channels and messages. A connected device is marked as seen instead.
+func (s *Server) sweepDevices(ctx context.Context, now time.Time) {
+	since := now.Add(-s.cfg.DeviceIdle)
+	for range 100 { // at most 100 000 a sweep
+		uaids, err := s.store.IdleDevices(ctx, since, 1000)
+		if err != nil || len(uaids) == 0 {
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("cannot look up idle devices", "err", err)
+			}
+			return
+		}
+		gone := uaids[:0]
+		for _, u := range uaids {
+			if s.connected(ctx, u) {
+				if err := s.store.AddDevice(ctx, u, now); err != nil {
+					s.log.Warn("cannot mark device as seen", "err", err)
+					return
+				}
+				continue
+			}
+			gone = append(gone, u)
+		}
+		n, err := s.store.DeleteDevices(ctx, gone, since)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("cannot delete idle devices", "err", err)
+			}
+			return
+		}
+		if n > 0 {
+			// Their tokens may be cached: forget them all (it is a cache).
+			s.tokens.mu.Lock()
+			clear(s.tokens.m)
+			s.tokens.mu.Unlock()
+			s.metrics.idleDevices.Add(float64(n))
+			s.log.Info("deleted idle devices", "count", n, "idle", s.cfg.DeviceIdle)
+		}
+		if len(uaids) < 1000 {
+			return
+		}
+	}
+}
+
+// connected reports whether uaid has a websocket on this node or, with
+// several nodes, a route to another one.
+func (s *Server) connected(ctx context.Context, uaid string) bool {
+	if s.hub.get(uaid) != nil {
+		return true
+	}
+	if s.node == nil {
+		return false
+	}
+	// Unsure (a store error) counts as connected: better kept than lost.
+	_, err := s.store.Route(ctx, uaid)
+	return !errors.Is(err, ErrNotFound)
 }
 
 // metrics are the server's Prometheus collectors, on a registry of their own.
@@ -341,6 +462,9 @@ type metrics struct {
 	delivered       prometheus.Counter
 	expired         prometheus.Counter
 	dropped         prometheus.Counter
+	undeliverable   prometheus.Counter
+	idleDevices     prometheus.Counter
+	refused         *prometheus.CounterVec
 	storeSeconds    *prometheus.HistogramVec
 	commitSeconds   prometheus.Histogram
 	commitOps       prometheus.Histogram
@@ -362,6 +486,12 @@ func newMetrics() *metrics {
 			Name: "herald_messages_expired_total", Help: "Messages deleted undelivered at expiry."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_messages_dropped_total", Help: "Oldest pending messages dropped over the per-channel limit."}),
+		undeliverable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_undeliverable_total", Help: "Stored messages dropped after the most delivery attempts without an ack."}),
+		idleDevices: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_devices_deleted_idle_total", Help: "Devices deleted after staying away longer than the idle time."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_refused_total", Help: "Requests and frames refused by a bound."}, []string{"reason"}),
 		storeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "herald_store_latency_seconds", Help: "Latency of store operations.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"op"}),
@@ -374,7 +504,7 @@ func newMetrics() *metrics {
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_node_forwarded_total", Help: "Messages handed to the node holding the device, by result."}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded)
+	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.undeliverable, m.idleDevices, m.refused, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded)
 	return m
 }
 

@@ -590,6 +590,8 @@ func TestRateLimits(t *testing.T) {
 	}
 }
 
+// TestSecondConnectionReplacesFirst: the replaced connection gets a normal
+// close (1000), not 4774, so its owner redials after a short back-off.
 func TestSecondConnectionReplacesFirst(t *testing.T) {
 	ts := startServer(t, nil)
 	a := ts.connect("")
@@ -598,7 +600,7 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 	if b.uaid != a.uaid {
 		t.Fatalf("uaid changed")
 	}
-	if code := a.closed(); code != protocol.CloseDoNotReconnect {
+	if code := a.closed(); code != protocol.CloseNormal {
 		t.Errorf("old connection closed with %d", code)
 	}
 	ts.push(ep, []byte("to b"), nil)

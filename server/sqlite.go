@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -20,7 +21,8 @@ const maxBatch = 1024
 const schema = `
 CREATE TABLE IF NOT EXISTS devices (
 	uaid    TEXT PRIMARY KEY,
-	created INTEGER NOT NULL
+	created INTEGER NOT NULL,
+	seen    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS channels (
 	token   TEXT PRIMARY KEY,
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS messages (
 	topic   TEXT NOT NULL DEFAULT '',
 	data    BLOB,
 	headers TEXT,
-	expiry  INTEGER NOT NULL
+	expiry  INTEGER NOT NULL,
+	attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_uaid ON messages (uaid, seq);
 CREATE INDEX IF NOT EXISTS messages_chan ON messages (uaid, chid, version);
@@ -60,6 +63,39 @@ CREATE TABLE IF NOT EXISTS broadcasts (
 	PRIMARY KEY (channel, level)
 ) WITHOUT ROWID;
 `
+
+// migrations add the columns of later versions to an older database. seen
+// starts at the time of the upgrade, so that no device is idle at once.
+var migrations = []struct{ table, column, sql string }{
+	{"devices", "seen", `ALTER TABLE devices ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+		UPDATE devices SET seen = ?`},
+	{"messages", "attempts", `ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0`},
+}
+
+// indexes need the columns of the migrations.
+const indexes = `CREATE INDEX IF NOT EXISTS devices_seen ON devices (seen);`
+
+// migrate brings an older schema up to date.
+func migrate(db *sql.DB, now time.Time) error {
+	for _, m := range migrations {
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, m.table, m.column).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			continue
+		}
+		var args []any
+		if m.column == "seen" {
+			args = append(args, ms(now))
+		}
+		if _, err := db.Exec(m.sql, args...); err != nil {
+			return err
+		}
+	}
+	_, err := db.Exec(indexes)
+	return err
+}
 
 // SQLiteStore is the Store of a single server: one sqlite file in WAL mode,
 // written by one goroutine (Run) that group-commits batches of operations.
@@ -100,7 +136,12 @@ type writeOp struct {
 }
 
 var writerSQL = map[string]string{
-	"adddev":   `INSERT OR IGNORE INTO devices (uaid, created) VALUES (?, ?)`,
+	"adddev":   `INSERT INTO devices (uaid, created, seen) VALUES (?1, ?2, ?2) ON CONFLICT (uaid) DO UPDATE SET seen = ?2`,
+	"chancnt":  `SELECT count(*) FROM channels WHERE uaid = ?`,
+	"msgtry":   `UPDATE messages SET attempts = attempts + 1 WHERE uaid = ? AND chid = ? AND version = ?`,
+	"devgc":    `DELETE FROM devices WHERE uaid = ? AND seen < ?`,
+	"devgcch":  `DELETE FROM channels WHERE uaid = ?`,
+	"devgcmsg": `DELETE FROM messages WHERE uaid = ?`,
 	"changet":  `SELECT token, vapid FROM channels WHERE uaid = ? AND chid = ?`,
 	"chanadd":  `INSERT INTO channels (token, uaid, chid, vapid, created) VALUES (?, ?, ?, ?, ?)`,
 	"chandel":  `DELETE FROM channels WHERE uaid = ? AND chid = ?`,
@@ -176,6 +217,9 @@ func OpenSQLiteWith(path string, o SQLiteOptions) (*SQLiteStore, error) {
 		return nil, fmt.Errorf("invalid sync mode %d", o.Sync)
 	}
 	q.Set("_busy_timeout", "10000")
+	if err := createPrivate(path); err != nil {
+		return nil, fmt.Errorf("cannot create store %q: %w", path, err)
+	}
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	wdb, err := sql.Open("sqlite3", dsn+"&_txlock=immediate")
 	if err != nil {
@@ -187,6 +231,10 @@ func OpenSQLiteWith(path string, o SQLiteOptions) (*SQLiteStore, error) {
 	if _, err := wdb.Exec(schema); err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("cannot create schema in %q: %w", path, err)
+	}
+	if err := migrate(wdb, time.Now()); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("cannot upgrade schema in %q: %w", path, err)
 	}
 	rdb, err := sql.Open("sqlite3", dsn)
 	if err != nil {
@@ -209,7 +257,7 @@ func OpenSQLiteWith(path string, o SQLiteOptions) (*SQLiteStore, error) {
 		}
 		s.stmts[name] = st
 	}
-	if s.rsel, err = rdb.Prepare(`SELECT seq, id, chid, version, topic, data, headers, expiry FROM messages
+	if s.rsel, err = rdb.Prepare(`SELECT seq, id, chid, version, topic, data, headers, expiry, attempts FROM messages
 		WHERE uaid = ? AND seq > ? AND expiry > ? ORDER BY seq LIMIT ?`); err != nil {
 		return fail(err)
 	}
@@ -416,8 +464,7 @@ func (s *SQLiteStore) HasDevice(ctx context.Context, uaid string) (bool, error) 
 }
 
 // AddDevice implements Store.
-func (s *SQLiteStore) AddDevice(ctx context.Context, uaid string) error {
-	now := time.Now()
+func (s *SQLiteStore) AddDevice(ctx context.Context, uaid string, now time.Time) error {
 	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
 		_, err := st("adddev").Exec(uaid, ms(now))
 		return err
@@ -425,7 +472,7 @@ func (s *SQLiteStore) AddDevice(ctx context.Context, uaid string) error {
 }
 
 // Register implements Store.
-func (s *SQLiteStore) Register(ctx context.Context, ch Channel) (Channel, error) {
+func (s *SQLiteStore) Register(ctx context.Context, ch Channel, maxChannels int) (Channel, error) {
 	out := ch
 	now := time.Now()
 	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
@@ -441,6 +488,15 @@ func (s *SQLiteStore) Register(ctx context.Context, ch Channel) (Channel, error)
 			return nil
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
+		}
+		if maxChannels > 0 {
+			var n int
+			if err := st("chancnt").QueryRow(ch.UAID).Scan(&n); err != nil {
+				return err
+			}
+			if n >= maxChannels {
+				return ErrTooManyChannels
+			}
 		}
 		_, err = st("chanadd").Exec(ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), ms(now))
 		return err
@@ -613,7 +669,7 @@ func (s *SQLiteStore) PendingBeyondAcks(ctx context.Context, uaid string, after 
 		m := &Message{UAID: uaid}
 		var headers sql.NullString
 		var exp int64
-		if err := rows.Scan(&m.Seq, &m.ID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp); err != nil {
+		if err := rows.Scan(&m.Seq, &m.ID, &m.ChannelID, &m.Version, &m.Topic, &m.Data, &headers, &exp, &m.Attempts); err != nil {
 			return nil, fmt.Errorf("cannot read pending messages: %w", err)
 		}
 		m.Expiry = time.UnixMilli(exp)
@@ -736,6 +792,84 @@ func (s *SQLiteStore) Broadcasts(ctx context.Context, channel string, now time.T
 		return 0, nil, fmt.Errorf("cannot read broadcasts: %w", err)
 	}
 	return top, out, nil
+}
+
+// Attempted implements Store: the update is queued for the next commit.
+func (s *SQLiteStore) Attempted(ctx context.Context, uaid string, refs []Ref) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	return s.write(ctx, true, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		up := st("msgtry")
+		for _, r := range refs {
+			if _, err := up.Exec(uaid, r.ChannelID, r.Version); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// IdleDevices implements Store.
+func (s *SQLiteStore) IdleDevices(ctx context.Context, idleSince time.Time, limit int) ([]string, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT uaid FROM devices WHERE seen < ? ORDER BY seen LIMIT ?`, ms(idleSince), limit)
+	if err != nil {
+		return nil, fmt.Errorf("cannot look up idle devices: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("cannot look up idle devices: %w", err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// DeleteDevices implements Store.
+func (s *SQLiteStore) DeleteDevices(ctx context.Context, uaids []string, idleSince time.Time) (int, error) {
+	if len(uaids) == 0 {
+		return 0, nil
+	}
+	n := 0
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		n = 0
+		return atomically(tx, func() error {
+			for _, u := range uaids {
+				res, err := st("devgc").Exec(u, ms(idleSince))
+				if err != nil {
+					return err
+				}
+				if k, _ := res.RowsAffected(); k == 0 {
+					continue // seen again meanwhile
+				}
+				n++
+				for _, name := range []string{"devgcch", "devgcmsg"} {
+					if _, err := st(name).Exec(u); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	})
+	return n, err
+}
+
+// createPrivate creates the database file readable by its owner only (the
+// write-ahead log and shared-memory files sqlite makes take its mode). An
+// existing file is left as it is.
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // Close implements Store.

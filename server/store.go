@@ -29,6 +29,9 @@ var (
 	ErrTooManyPending = errors.New("too many pending messages")
 	// ErrClosed is returned after the store has been closed.
 	ErrClosed = errors.New("store closed")
+	// ErrTooManyChannels is returned by Register when the device already has
+	// the most channels allowed.
+	ErrTooManyChannels = errors.New("too many channels on this device")
 )
 
 // PendingLimitError is the ErrTooManyPending of a Put that can say which
@@ -77,6 +80,9 @@ type Message struct {
 	Data    []byte
 	Headers map[string]string
 	Expiry  time.Time
+	// Attempts is how often the message was sent to the device in a batch of
+	// stored messages (see Store.Attempted); Pending fills it in.
+	Attempts int
 }
 
 // Ref names a message acknowledged by a device.
@@ -125,11 +131,14 @@ type Store interface {
 	Run(ctx context.Context) error
 	// HasDevice reports whether the uaid is known.
 	HasDevice(ctx context.Context, uaid string) (bool, error)
-	// AddDevice records a new uaid.
-	AddDevice(ctx context.Context, uaid string) error
+	// AddDevice records a new uaid, or marks a known one as seen at now
+	// (idle devices are removed by SweepDevices).
+	AddDevice(ctx context.Context, uaid string, now time.Time) error
 	// Register stores ch. When the (UAID, ChannelID) pair exists with the same
-	// key it returns the stored channel; with another key, ErrConflict.
-	Register(ctx context.Context, ch Channel) (Channel, error)
+	// key it returns the stored channel; with another key, ErrConflict. A new
+	// channel of a device that already has maxChannels channels (when > 0)
+	// fails with ErrTooManyChannels.
+	Register(ctx context.Context, ch Channel, maxChannels int) (Channel, error)
 	// Unregister drops a channel and its pending messages; unknown is fine.
 	Unregister(ctx context.Context, uaid, channelID string) error
 	// Channel looks up a token; ErrNotFound when unknown.
@@ -148,6 +157,9 @@ type Store interface {
 	// before the deletion is durable: a crash can then redeliver them
 	// (at-least-once delivery; devices dedup by version).
 	Delete(ctx context.Context, uaid string, refs []Ref) error
+	// Attempted counts one more delivery attempt of each message (Message.Attempts).
+	// Like Delete, it may return before the change is durable.
+	Attempted(ctx context.Context, uaid string, refs []Ref) error
 	// Cancel deletes a pending message by id; ErrNotFound when absent.
 	Cancel(ctx context.Context, id string) error
 	// Sweep deletes expired messages and returns how many. With several
@@ -181,6 +193,12 @@ type Store interface {
 	// Broadcasts returns the channel's top level (0 when it never had a
 	// payload) and its unexpired payloads, oldest first.
 	Broadcasts(ctx context.Context, channel string, now time.Time) (top int64, payloads []Broadcast, err error)
+
+	// IdleDevices returns up to limit uaids last seen (AddDevice) before idleSince.
+	IdleDevices(ctx context.Context, idleSince time.Time, limit int) ([]string, error)
+	// DeleteDevices deletes those of uaids still last seen before idleSince,
+	// with their channels and messages, and returns how many.
+	DeleteDevices(ctx context.Context, uaids []string, idleSince time.Time) (int, error)
 	// Close releases the store; call it after Run has returned.
 	Close() error
 }

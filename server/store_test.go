@@ -70,10 +70,10 @@ func TestStoreDevicesAndChannels(t *testing.T) {
 		if ok, err := st.HasDevice(ctx, uaid); err != nil || ok {
 			t.Fatalf("HasDevice before add = %v, %v", ok, err)
 		}
-		if err := st.AddDevice(ctx, uaid); err != nil {
+		if err := st.AddDevice(ctx, uaid, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.AddDevice(ctx, uaid); err != nil {
+		if err := st.AddDevice(ctx, uaid, time.Now()); err != nil {
 			t.Fatalf("AddDevice again: %v", err)
 		}
 		if ok, err := st.HasDevice(ctx, uaid); err != nil || !ok {
@@ -82,15 +82,15 @@ func TestStoreDevicesAndChannels(t *testing.T) {
 		chid := protocol.NewChannelID()
 		key := make([]byte, 65)
 		key[0] = 4
-		ch, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid, Key: key})
+		ch, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid, Key: key}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid, Key: key})
+		again, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid, Key: key}, 0)
 		if err != nil || again.Token != ch.Token {
 			t.Fatalf("Register again = %+v, %v; want the first token %s", again, err, ch.Token)
 		}
-		if _, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid}); !errors.Is(err, ErrConflict) {
+		if _, err := st.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid}, 0); !errors.Is(err, ErrConflict) {
 			t.Fatalf("Register with another key: %v, want ErrConflict", err)
 		}
 		got, err := st.Channel(ctx, ch.Token)
@@ -313,8 +313,8 @@ func TestStoreExportImport(t *testing.T) {
 				ctx := context.Background()
 				src := from.open(t)
 				uaid, chid := protocol.NewUAID(), protocol.NewChannelID()
-				src.AddDevice(ctx, uaid)
-				ch, err := src.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid})
+				src.AddDevice(ctx, uaid, time.Now())
+				ch, err := src.Register(ctx, Channel{Token: newToken(), UAID: uaid, ChannelID: chid}, 0)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -42,6 +42,12 @@ type options struct {
 	lomiriCert, lomiriKey    string
 	lomiriHosts, lomiriDom   string // what /delivery-hosts answers
 	lomiriPing               time.Duration
+	maxChannels, maxAttempts int
+	maxConnsIP               int
+	upgradeRate              float64
+	upgradeBurst             int
+	deviceIdle, ackTimeout   time.Duration
+	sweepInterval            time.Duration
 	tokenRate, ipRate        float64
 	tokenBurst, ipBurst      int
 	stateDirectory           string // $STATE_DIRECTORY
@@ -80,6 +86,14 @@ func main() {
 	fs.StringVar(&o.lomiriHosts, "lomiri-hosts", "", "host:port list (|-separated) that /delivery-hosts gives devices (default the --lomiri-listen address)")
 	fs.StringVar(&o.lomiriDom, "lomiri-domain", "", "TLS server name that /delivery-hosts gives devices (default the certificate's first DNS name)")
 	fs.DurationVar(&o.lomiriPing, "lomiri-ping-interval", server.DefaultLomiriPingInterval, "idle time after which a Lomiri device is pinged")
+	fs.IntVar(&o.maxChannels, "max-channels", server.DefaultMaxChannels, "channels one device may register; beyond it register answers status 413")
+	fs.DurationVar(&o.deviceIdle, "device-idle", server.DefaultDeviceIdle, "a device away this long is deleted with its channels and messages")
+	fs.IntVar(&o.maxAttempts, "max-attempts", server.DefaultMaxAttempts, "times a stored message is sent without an ack before it is dropped")
+	fs.DurationVar(&o.ackTimeout, "ack-timeout", server.DefaultAckTimeout, "wait for the acks of a batch of stored messages before sending the next")
+	fs.IntVar(&o.maxConnsIP, "max-conns-ip", server.DefaultMaxConnsPerIP, "device websockets one client address may hold at once")
+	fs.Float64Var(&o.upgradeRate, "rate-limit-upgrade", server.DefaultUpgradeLimit.Rate, "websocket upgrades per second per client address (0: no limit)")
+	fs.IntVar(&o.upgradeBurst, "rate-burst-upgrade", server.DefaultUpgradeLimit.Burst, "burst of websocket upgrades per client address")
+	fs.DurationVar(&o.sweepInterval, "sweep-interval", server.DefaultSweepInterval, "how often expired messages and idle devices are deleted")
 	fs.StringVar(&o.sync, "sync", "full", "when a commit reaches the disk: full (every commit, survives power loss) or normal (at checkpoints, survives a server crash)")
 	fs.StringVar(&o.pprof, "pprof", "", "debug: serve Go profiles (net/http/pprof) on this address, for example 127.0.0.1:6060")
 	fs.Parse(os.Args[1:])
@@ -176,16 +190,23 @@ func run(ctx context.Context, o options) error {
 		return errors.New("--node-url and --node-secret-file need a postgres --db (a sqlite file serves one node)")
 	}
 	srv, err := server.New(server.Config{
-		PublicURL:    public,
-		DBPath:       db,
-		NodeURL:      nodeURL,
-		NodeSecret:   nodeSecret,
-		Sync:         syncMode,
-		PingInterval: o.pingInterval,
-		MaxPending:   o.maxPending,
-		TokenLimit:   limit(o.tokenRate, o.tokenBurst),
-		IPLimit:      limit(o.ipRate, o.ipBurst),
-		Logger:       logger,
+		PublicURL:     public,
+		DBPath:        db,
+		NodeURL:       nodeURL,
+		NodeSecret:    nodeSecret,
+		Sync:          syncMode,
+		PingInterval:  o.pingInterval,
+		MaxPending:    o.maxPending,
+		MaxChannels:   o.maxChannels,
+		DeviceIdle:    o.deviceIdle,
+		MaxAttempts:   o.maxAttempts,
+		AckTimeout:    o.ackTimeout,
+		MaxConnsPerIP: o.maxConnsIP,
+		UpgradeLimit:  limit(o.upgradeRate, o.upgradeBurst),
+		SweepInterval: o.sweepInterval,
+		TokenLimit:    limit(o.tokenRate, o.tokenBurst),
+		IPLimit:       limit(o.ipRate, o.ipBurst),
+		Logger:        logger,
 
 		NotifyMaxPending:   o.notifyMaxPending,
 		LomiriPingInterval: o.lomiriPing,
