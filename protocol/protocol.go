@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -394,4 +395,32 @@ func DecodeBase64URL(s string) ([]byte, error) {
 		s = s[:len(s)-1]
 	}
 	return base64.RawURLEncoding.DecodeString(s)
+}
+
+// ErrFrameTooBig is returned by ReadFrame for a message larger than
+// MaxFrameBytes after decompression; close with 1009 (message too big).
+var ErrFrameTooBig = errors.New("frame larger than the limit after decompression")
+
+// CloseMessageTooBig is the websocket close code for a frame over the limit.
+const CloseMessageTooBig = 1009
+
+// ReadFrame reads the next message from next (a websocket connection's
+// NextReader) and returns it if it has at most MaxFrameBytes after
+// decompression. A websocket read limit counts wire bytes: with
+// permessage-deflate a 61 KB frame can inflate to 60 MiB, and reading the
+// whole message first would hold all of it. ReadFrame stops one byte past the
+// limit instead.
+func ReadFrame(next func() (int, io.Reader, error)) (typ int, frame []byte, err error) {
+	typ, r, err := next()
+	if err != nil {
+		return typ, nil, err
+	}
+	frame, err = io.ReadAll(io.LimitReader(r, MaxFrameBytes+1))
+	if err != nil {
+		return typ, nil, err
+	}
+	if len(frame) > MaxFrameBytes {
+		return typ, nil, ErrFrameTooBig
+	}
+	return typ, frame, nil
 }

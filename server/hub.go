@@ -11,7 +11,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/heraldpush/herald/internal/wsread"
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
 )
@@ -141,7 +140,6 @@ type conn struct {
 	ackTimer  *time.Timer  // guarded by mu; ends the wait for the current batch
 	ackedMax  int64        // guarded by mu; highest Seq acked on this connection
 	draining  bool         // guarded by mu; stored messages are being sent in batches
-	greeted   bool         // guarded by mu; the hello reply is sent: live messages may follow
 	more      bool         // guarded by mu; a live message was left in the store while draining
 	cursor    int64        // guarded by mu; stored messages up to this Seq were fetched
 	closed    bool         // guarded by mu; no more writes
@@ -193,13 +191,10 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 // read returns the next frame of at most MaxFrameBytes after decompression;
 // a larger one closes the connection with 1009.
 func (c *conn) read() (int, []byte, error) {
-	typ, b, err := wsread.Read(c.ws, protocol.MaxFrameBytes)
-	if errors.Is(err, wsread.ErrTooBig) {
+	typ, b, err := protocol.ReadFrame(c.ws.NextReader)
+	if errors.Is(err, protocol.ErrFrameTooBig) {
 		c.s.metrics.refused.WithLabelValues("frame_too_big").Inc()
-		c.mu.Lock()
-		c.closed = true
-		c.mu.Unlock()
-		wsread.CloseTooBig(c.ws)
+		c.fail(protocol.CloseMessageTooBig, "frame too big after decompression")
 	}
 	return typ, b, err
 }
@@ -298,9 +293,6 @@ func (c *conn) run() {
 	if c.write(reply) != nil {
 		return
 	}
-	c.mu.Lock()
-	c.greeted = true
-	c.mu.Unlock()
 	c.extendDeadline()
 	c.ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
 	if err := c.drain(ctx); err != nil {
@@ -468,8 +460,9 @@ const StatusTooManyChannels = 413
 
 // drain sends the next batch of stored messages, if no batch is unacked.
 // A stored message sent MaxAttempts times is dropped instead (counted in
-// herald_messages_undeliverable_total): one message the device never acks
-// cannot block the device. Live messages do not wait for drain.
+// herald_messages_undeliverable_total), and a batch not fully acked within
+// AckTimeout no longer holds the next: one message the device never acks
+// cannot block the device.
 func (c *conn) drain(ctx context.Context) error {
 	c.drainMu.Lock()
 	defer c.drainMu.Unlock()
@@ -605,9 +598,10 @@ func (c *conn) deliver(m *Message) {
 		c.mu.Unlock()
 		return
 	}
-	// Live messages do not wait behind a drain: only before the hello
-	// reply, or when the device has too many unacked, they are left to it.
-	if m.Seq != 0 && (!c.greeted || len(c.unacked) >= maxUnacked) {
+	// While stored messages are sent in batches, a live one waits in the
+	// store behind them (order per app); a batch not acked within
+	// AckTimeout no longer holds the drain, so neither does it hold them.
+	if m.Seq != 0 && (c.draining || len(c.unacked) >= maxUnacked) {
 		c.draining = true
 		c.more = true
 		// With several nodes, Seqs are handed out before commit, so a

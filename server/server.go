@@ -52,7 +52,7 @@ const (
 	DefaultMaxAttempts = 10
 	// DefaultAckTimeout is how long a batch of stored messages may stay
 	// unacknowledged before the next batch is sent anyway.
-	DefaultAckTimeout = time.Minute
+	DefaultAckTimeout = 30 * time.Second
 	// DefaultMaxConnsPerIP is how many device websockets one client address
 	// may hold at once (devices behind one NAT share an address).
 	DefaultMaxConnsPerIP = 1000

@@ -335,7 +335,7 @@ func (s *Session) connect(ctx context.Context) error {
 		return fmt.Errorf("cannot send hello: %w", err)
 	}
 	_ = ws.SetReadDeadline(time.Now().Add(s.cfg.RequestTimeout))
-	_, b, err := ws.ReadMessage()
+	_, b, err := readFrame(ws)
 	if err != nil {
 		return fmt.Errorf("no hello from push server: %w", err)
 	}
@@ -560,10 +560,24 @@ func (s *Session) answer(m protocol.Message, pending map[string][]chan protocol.
 	}
 }
 
+// readFrame reads the next frame of at most MaxFrameBytes after
+// decompression; a bigger one (a hostile server's compression bomb) closes
+// the connection with 1009 instead of being inflated.
+func readFrame(ws *websocket.Conn) (int, []byte, error) {
+	typ, b, err := protocol.ReadFrame(ws.NextReader)
+	if errors.Is(err, protocol.ErrFrameTooBig) {
+		_ = ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(protocol.CloseMessageTooBig, "frame too big after decompression"),
+			time.Now().Add(time.Second))
+		ws.Close()
+	}
+	return typ, b, err
+}
+
 // read is the reader goroutine of a connection.
 func (s *Session) read(ws *websocket.Conn, frames chan<- frame, done <-chan struct{}) {
 	for {
-		typ, b, err := ws.ReadMessage()
+		typ, b, err := readFrame(ws)
 		if err != nil {
 			select {
 			case frames <- frame{err: err}:

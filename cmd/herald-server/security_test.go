@@ -115,8 +115,9 @@ func TestPoisonedAesgcmHeaders(t *testing.T) {
 
 // TestUnackedMessageDoesNotBlock: a stored message the device never acks is
 // sent at most --max-attempts times and then dropped (counted in
-// herald_messages_undeliverable_total); live messages arrive while it is
-// unacked, and after --ack-timeout the next stored batch follows.
+// herald_messages_undeliverable_total); while it is unacked the rest of the
+// stored messages and a live one still arrive (after --ack-timeout the
+// next batch follows).
 func TestUnackedMessageDoesNotBlock(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "herald-server.db")
 	p := start(t, db, "--max-attempts", "3", "--ack-timeout", "300ms")
