@@ -218,9 +218,9 @@ func benchDaemonIdle(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	wakeups := float64(after - before)
 	return []Result{
-		{Name: "daemon_idle_rss_bytes", Label: "daemon idle RSS", Value: float64(rss), Unit: "B", Target: 15 << 20, Lower: true,
+		{Name: "daemon_idle_rss_bytes", Label: "daemon idle RSS", Value: float64(rss), Unit: "B", Target: 12 << 20, Lower: true,
 			Note: fmt.Sprintf("VmRSS after 60 s idle, connected, 1 app (%.1f MiB)", float64(rss)/(1<<20))},
-		{Name: "daemon_idle_wakeups_per_min", Label: "daemon idle wakeups", Value: wakeups, Unit: "/min", Target: 3, Lower: true,
+		{Name: "daemon_idle_wakeups_per_min", Label: "daemon idle wakeups", Value: wakeups, Unit: "/min", Target: 2, Lower: true,
 			Note: "voluntary context switches of all threads over 60 s, after 30 s of settling; server keepalive 5 min (none in the window)"},
 	}, nil
 }
@@ -295,7 +295,7 @@ func benchWireBytes(ctx context.Context, env *Env) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []Result{{Name: "wire_bytes_per_message", Label: "wire bytes per 100 B message", Value: per, Unit: "B", Target: 300, Lower: true,
+	return []Result{{Name: "wire_bytes_per_message", Label: "wire bytes per 100 B message", Value: per, Unit: "B", Target: 250, Lower: true,
 		Note: fmt.Sprintf("%d plaintext JSON messages with their acks, permessage-deflate; device→server %d B, server→device %d B (TCP payload incl. websocket framing); a 100 B encrypted (incompressible) body: %.0f B", count, up, down, perEnc)}}, nil
 }
 
@@ -367,6 +367,6 @@ func benchReconnectDrain(ctx context.Context, env *Env) ([]Result, error) {
 		}
 	}
 	secs := time.Since(start).Seconds()
-	return []Result{{Name: "reconnect_drain_10k_s", Label: "reconnect drain of 10k messages", Value: secs, Unit: "s", Target: 2, Lower: true,
+	return []Result{{Name: "reconnect_drain_10k_s", Label: "reconnect drain of 10k messages", Value: secs, Unit: "s", Target: 1, Lower: true,
 		Note: "from heraldd start (process start included) until 10,000 stored messages are in its inbox (Counters, polled every 10 ms)"}}, nil
 }

@@ -137,7 +137,7 @@ func benchE2ELatency(ctx context.Context, env *Env) ([]Result, error) {
 		count, rate, lat[len(lat)-1], rtt[len(rtt)/2])
 	return []Result{
 		{Name: "e2e_latency_p50_ms", Label: "end-to-end latency p50", Value: p50, Unit: "ms", Target: 1, Lower: true, Note: note},
-		{Name: "e2e_latency_p99_ms", Label: "end-to-end latency p99", Value: p99, Unit: "ms", Target: 5, Lower: true, Note: note},
+		{Name: "e2e_latency_p99_ms", Label: "end-to-end latency p99", Value: p99, Unit: "ms", Target: 3, Lower: true, Note: note},
 	}, nil
 }
 

@@ -84,7 +84,7 @@ func benchHelperThroughput(ctx context.Context, env *Env) ([]Result, error) {
 		Label:  "helper-processed messages/s",
 		Value:  rate,
 		Unit:   "msgs/s",
-		Target: 300,
+		Target: 500,
 		Note: fmt.Sprintf("%d msgs, %d apps, sh+cat helper, concurrency %d, files in %s",
 			messages, apps, helpers.DefaultConcurrency, where),
 	}}, nil

@@ -1,7 +1,7 @@
 // Command bench measures the figures of DESIGN §9 and prints them beside
 // their targets. It writes the same figures to bench-results.json.
 //
-// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...]
+// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...] [-cpuprofile FILE]
 package main
 
 import (
@@ -33,6 +33,9 @@ type Result struct {
 type Env struct {
 	Bin string // directory holding heraldd, herald and herald-server
 	Tmp string // a fresh directory for this run, removed afterwards
+	// CPUProfile, when set, is where server_throughput writes a CPU profile
+	// of herald-server taken in the middle of its window.
+	CPUProfile string
 }
 
 // Logf prints a progress line on stderr.
@@ -51,6 +54,7 @@ type figure struct {
 func figures() []figure {
 	return []figure{
 		{"e2e_latency", benchE2ELatency},             // e2e.go
+		{"server_latency", benchServerLatency},       // server.go
 		{"server_throughput", benchServerThroughput}, // server.go
 		{"server_idle_conn", benchServerIdleConn},    // server.go
 		{"daemon_idle", benchDaemonIdle},             // daemon.go: RSS + wakeups
@@ -64,19 +68,25 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with the built binaries")
 	out := flag.String("out", "bench-results.json", "where to write the figures as JSON")
 	only := flag.String("only", "", "comma-separated figure names to run (default all)")
+	prof := flag.String("cpuprofile", "", "write a CPU profile of herald-server under the throughput load to this file")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *bin, *out, *only); err != nil {
+	if err := run(ctx, *bin, *out, *only, *prof); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin, out, only string) error {
+func run(ctx context.Context, bin, out, only, prof string) error {
 	absBin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
+	}
+	if prof != "" {
+		if prof, err = filepath.Abs(prof); err != nil {
+			return err
+		}
 	}
 	tmp, err := os.MkdirTemp("", "herald-bench-")
 	if err != nil {
@@ -98,7 +108,7 @@ func run(ctx context.Context, bin, out, only string) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		env := &Env{Bin: absBin, Tmp: dir}
+		env := &Env{Bin: absBin, Tmp: dir, CPUProfile: prof}
 		start := time.Now()
 		env.Logf("%s: running", f.name)
 		rs, err := f.run(ctx, env)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,15 +33,17 @@ type benchServer struct {
 	done chan error
 }
 
-// startBenchServer runs bin/herald-server with rate limits off on a sqlite
-// database in env.Tmp and waits for its "listening on" line.
-func startBenchServer(ctx context.Context, env *Env) (*benchServer, error) {
+// startBenchServer runs bin/herald-server with rate and connection limits
+// off on a sqlite database in env.Tmp, with extra arguments, and waits for its
+// "listening on" line.
+func startBenchServer(ctx context.Context, env *Env, extra ...string) (*benchServer, error) {
 	bin := filepath.Join(env.Bin, "herald-server")
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("no herald-server binary (run make build): %w", err)
 	}
-	cmd := exec.CommandContext(ctx, bin, "--listen", "127.0.0.1:0", "--db", filepath.Join(env.Tmp, "herald-server.db"),
-		"--rate-limit-token", "0", "--rate-limit-ip", "0", "--log-level", "warn")
+	args := []string{"--listen", "127.0.0.1:0", "--db", filepath.Join(env.Tmp, "herald-server.db"), "--log-level", "warn"}
+	args = append(args, unlimitedArgs(bin)...)
+	cmd := exec.CommandContext(ctx, bin, append(args, extra...)...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -71,6 +74,23 @@ func startBenchServer(ctx context.Context, env *Env) (*benchServer, error) {
 		s.stop()
 		return nil, errors.New("herald-server did not start")
 	}
+}
+
+// unlimitedArgs are the flags that lift the server's per-client limits
+// (the load generator is one client with thousands of connections), each
+// only if this herald-server has it.
+func unlimitedArgs(bin string) []string {
+	help, _ := exec.Command(bin, "-h").CombinedOutput()
+	var args []string
+	for _, f := range [][2]string{
+		{"rate-limit-token", "0"}, {"rate-limit-ip", "0"}, {"rate-limit-upgrade", "0"},
+		{"max-conns-ip", "100000"},
+	} {
+		if bytes.Contains(help, []byte("-"+f[0]+" ")) {
+			args = append(args, "--"+f[0], f[1])
+		}
+	}
+	return args
 }
 
 type devNull struct{}
@@ -345,14 +365,22 @@ func dialMany(ctx context.Context, addr string, n, par int, register bool) ([]*b
 	return devs, nil
 }
 
-func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
+func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error) {
 	const (
 		devices    = 1000
 		publishers = 128
 		window     = 10 * time.Second
 		drainMax   = 10 * time.Second
 	)
-	srv, err := startBenchServer(ctx, env)
+	var extra []string
+	var pprofAddr string
+	if env.CPUProfile != "" {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		extra = append(extra, "--pprof", pprofAddr)
+	}
+	srv, err := startBenchServer(ctx, env, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -414,6 +442,13 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	start := time.Now()
 	pubCtx, stopPub := context.WithTimeout(ctx, window)
 	defer stopPub()
+	profDone := make(chan error, 1)
+	if pprofAddr != "" {
+		// The middle of the window: past the start, done before the end.
+		go func() { profDone <- fetchProfile(ctx, pprofAddr, window/2, env.CPUProfile) }()
+	} else {
+		profDone <- nil
+	}
 	var pubs sync.WaitGroup
 	var next atomic.Int64
 	for range publishers {
@@ -450,6 +485,11 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 	}
 	pubs.Wait()
 	pubElapsed := time.Since(start)
+	if err := <-profDone; err != nil {
+		env.Logf("server_throughput: no profile: %v", err)
+	} else if pprofAddr != "" {
+		env.Logf("server_throughput: CPU profile of the server in %s (go tool pprof -top %s)", env.CPUProfile, env.CPUProfile)
+	}
 	acc := accepted.Load()
 	// Drain: wait until every accepted message is acked (or drainMax).
 	deadline := time.Now().Add(drainMax)
@@ -478,21 +518,26 @@ func benchServerThroughput(ctx context.Context, env *Env) ([]Result, error) {
 		devices, publishers, window, acc, accRate, del, ackElapsed.Seconds(), failed.Load(), perMsg(srvCPU1-srvCPU0), perMsg(genCPU))
 	return []Result{
 		{Name: "server_throughput_msgs_per_s", Label: "server: delivered+acked msgs/s (1,000 devices, durable)", Value: delRate,
-			Unit: "msgs/s", Target: 20000, Note: note},
+			Unit: "msgs/s", Target: 25000, Note: note},
 		{Name: "server_accepted_msgs_per_s", Label: "server: accepted (201) msgs/s", Value: accRate,
-			Unit: "msgs/s", Target: 20000, Note: "same run"},
+			Unit: "msgs/s", Target: 25000, Note: "same run"},
+		{Name: "server_cpu_us_per_msg", Label: "server: CPU per delivered message", Value: perMsg(srvCPU1 - srvCPU0),
+			Unit: "µs", Target: 40, Lower: true, Note: "same run: user+system CPU of herald-server / messages delivered and acked"},
 	}, nil
 }
 
+// benchServerIdleConn opens 19,000 idle device websockets (the server and
+// this load generator each hold one descriptor per connection, within a
+// per-process limit of 20,000) and divides the server's RSS growth by them.
 func benchServerIdleConn(ctx context.Context, env *Env) ([]Result, error) {
-	const conns = 10000
+	const conns = 19000
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < lim.Max {
 		lim.Cur = lim.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) // inherited by herald-server
 	}
-	if lim.Cur < conns+100 {
-		return nil, fmt.Errorf("RLIMIT_NOFILE %d is below %d", lim.Cur, conns+100)
+	if lim.Cur < conns+200 {
+		return nil, fmt.Errorf("RLIMIT_NOFILE %d is below %d", lim.Cur, conns+200)
 	}
 	srv, err := startBenchServer(ctx, env)
 	if err != nil {
@@ -529,10 +574,43 @@ func benchServerIdleConn(ctx context.Context, env *Env) ([]Result, error) {
 	per := float64(after-before) / conns
 	return []Result{{
 		Name: "server_bytes_per_idle_conn", Label: "server: bytes per idle device connection", Value: per,
-		Unit: "bytes", Target: 20480, Lower: true,
+		Unit: "bytes", Target: 8192, Lower: true,
 		Note: fmt.Sprintf("%d conns opened in %.1fs; VmRSS %.1f MB → %.1f MB", conns, opened.Seconds(),
 			float64(before)/1e6, float64(after)/1e6),
 	}}, nil
+}
+
+// freeAddr returns a loopback address with a port that is free now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// fetchProfile waits for delay, then takes a 3-second CPU profile from the
+// server's --pprof address and writes it to path.
+func fetchProfile(ctx context.Context, addr string, delay time.Duration, path string) error {
+	settle(ctx, delay-2*time.Second)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/profile?seconds=3", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("pprof: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // settle lets the server become idle (a fixed wait is the measurement here).
@@ -542,3 +620,120 @@ func settle(ctx context.Context, d time.Duration) {
 	case <-time.After(d):
 	}
 }
+
+// benchServerLatency measures the server alone: POST of a 100-byte Web Push
+// message → its notification frame read by the connected device, for 2,000
+// messages at 200/s (open loop) on one keep-alive connection; the device acks
+// each frame as it arrives, as heraldd does.
+func benchServerLatency(ctx context.Context, env *Env) ([]Result, error) {
+	const (
+		count = 2000
+		rate  = 200
+	)
+	srv, err := startBenchServer(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+	dev, err := dialDevice(ctx, srv.addr, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	defer dev.ws.Close()
+	u, err := url.Parse(dev.endpoint)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := dialPublisher(ctx, srv.addr)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { pub.close() }()
+
+	// Arrival time of each version, read by the device goroutine.
+	var mu sync.Mutex
+	arrived := make(map[string]time.Time, count+1)
+	got := make(chan struct{}, count+1)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		var ack []byte
+		for {
+			_, f, err := dev.ws.ReadMessage()
+			now := time.Now()
+			if err != nil {
+				return
+			}
+			chid, version, ok := notificationIDs(f)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			arrived[version] = now
+			mu.Unlock()
+			ack = appendAck(ack[:0], chid, version)
+			if dev.ws.WriteMessage(websocket.TextMessage, ack) != nil {
+				return
+			}
+			got <- struct{}{}
+		}
+	}()
+	body := bytes.Repeat([]byte("x"), 100)
+	// Warm up.
+	if _, status, err := pub.post(u.Path, body); err != nil || status != http.StatusCreated {
+		return nil, fmt.Errorf("warm-up post: status %d, %v", status, err)
+	}
+	select {
+	case <-got:
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("warm-up message never arrived")
+	}
+
+	ids := make([]string, count)
+	sent := make([]time.Time, count)
+	rtt := make([]float64, count) // POST → 201
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	for i := range count {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		sent[i] = time.Now()
+		id, status, err := pub.post(u.Path, body)
+		if err != nil || status != http.StatusCreated {
+			return nil, fmt.Errorf("post %d: status %d, %v", i, status, err)
+		}
+		rtt[i] = ms(time.Since(sent[i]))
+		ids[i] = id
+	}
+	for range count {
+		select {
+		case <-got:
+		case <-time.After(30 * time.Second):
+			return nil, errors.New("not every message arrived")
+		}
+	}
+	lat := make([]float64, 0, count)
+	mu.Lock()
+	for i, id := range ids {
+		if t, ok := arrived[id]; ok {
+			lat = append(lat, ms(t.Sub(sent[i])))
+		}
+	}
+	mu.Unlock()
+	if len(lat) != count {
+		return nil, fmt.Errorf("%d of %d messages matched", len(lat), count)
+	}
+	slices.Sort(lat)
+	slices.Sort(rtt)
+	note := fmt.Sprintf("%d x 100 B at %d/s, 1 device, POST → notification frame read by the device; max %.2f ms; POST → 201 (durable commit) p50 %.2f ms, p99 %.2f ms",
+		count, rate, lat[len(lat)-1], rtt[len(rtt)/2], rtt[len(rtt)*99/100])
+	return []Result{
+		{Name: "server_latency_p50_ms", Label: "server latency p50 (POST → device frame)", Value: lat[len(lat)*50/100], Unit: "ms", Target: 0.35, Lower: true, Note: note},
+		{Name: "server_latency_p99_ms", Label: "server latency p99 (POST → device frame)", Value: lat[len(lat)*99/100], Unit: "ms", Target: 0.7, Lower: true, Note: "same run"},
+	}, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
