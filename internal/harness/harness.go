@@ -333,7 +333,10 @@ func StartDaemon(bin, dir, busAddr, serverURL string, extraEnv []string, args ..
 
 // Start starts heraldd (again).
 func (d *Daemon) Start() error {
-	args := append([]string{"--server", d.Server, "--state-dir", d.StateDir}, d.Args...)
+	args := append([]string{"--state-dir", d.StateDir}, d.Args...)
+	if d.Server != "" {
+		args = append([]string{"--server", d.Server}, args...)
+	}
 	cmd := exec.Command(d.Bin, args...)
 	cmd.Env = d.Env
 	p, err := start("heraldd", cmd, filepath.Join(d.Dir, "heraldd.log"))

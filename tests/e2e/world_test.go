@@ -40,6 +40,9 @@ type worldOptions struct {
 	daemonArgs []string
 	serverArgs []string
 	config     string // config.toml of heraldd, when set
+	// server replaces herald-server as heraldd's --server ("none": no
+	// --server flag at all).
+	server string
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -100,6 +103,13 @@ func newWorld(t *testing.T, o worldOptions) *world {
 		if err := os.WriteFile(filepath.Join(ddir, "config", "herald", "config.toml"), []byte(o.config), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	switch o.server {
+	case "":
+	case "none":
+		target = ""
+	default:
+		target = o.server
 	}
 	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, nil, o.daemonArgs...)
 	if err != nil {
