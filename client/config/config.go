@@ -15,9 +15,14 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
+// DefaultServer is the autopush server UnifiedPush apps use when nothing
+// is configured: Mozilla's public push service, the one Firefox uses.
+const DefaultServer = "wss://push.services.mozilla.com/"
+
 // Config is heraldd's configuration. Every key is optional.
 type Config struct {
-	// Server is the websocket URL of the push server (ws:// or wss://).
+	// Server is the websocket URL of the autopush server (ws:// or wss://):
+	// a herald-server or any autopush server (default DefaultServer).
 	Server string `toml:"server"`
 	// StateDir holds herald.db (default $XDG_STATE_HOME/herald).
 	StateDir           string   `toml:"state_dir"`
@@ -90,6 +95,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // DefaultConfig returns the defaults of every key.
 func DefaultConfig() Config {
 	return Config{
+		Server:            DefaultServer,
 		HelperTimeout:     Duration{5 * time.Second},
 		HelperConcurrency: 5,
 		LogLevel:          "info",

@@ -61,7 +61,7 @@ func TestLoadConfig(t *testing.T) {
 		check   func(t *testing.T, c Config)
 	}{
 		{name: "defaults", check: func(t *testing.T, c Config) {
-			if c.HelperTimeout.Duration != 5*time.Second || c.HelperConcurrency != 5 || c.RequireConfinement || c.LogLevel != "info" || c.Server != "" {
+			if c.HelperTimeout.Duration != 5*time.Second || c.HelperConcurrency != 5 || c.RequireConfinement || c.LogLevel != "info" || c.Server != "wss://push.services.mozilla.com/" {
 				t.Errorf("defaults = %+v", c)
 			}
 			if !strings.HasSuffix(c.StateDir, filepath.Join("state", "herald")) {

@@ -77,12 +77,8 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 		_ = cfg.Validate()
 	}
 
-	// Push server.
-	if cfg.Server == "" {
-		add("push server", errors.New("no server configured"), "set server = \"wss://…/\" in "+firstOr(env.ConfigPaths(), "config.toml"))
-	} else {
-		add("push server "+cfg.Server, checkHealth(ctx, cfg.Server), "check the URL and that the server is up (GET /healthz must answer 200)")
-	}
+	// Which push server each kind of app uses, and whether it is reachable.
+	out = append(out, pushServers(ctx, cfg)...)
 
 	// State directory and store.
 	dbPath := filepath.Join(cfg.StateDir, "herald.db")
@@ -126,34 +122,75 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 	return out
 }
 
-func firstOr(s []string, def string) string {
-	if len(s) > 0 {
-		return s[0]
+// pushServers says which push server each kind of app uses and checks
+// that it answers.
+func pushServers(ctx context.Context, cfg config.Config) []check {
+	var out []check
+	autopush := func(kind string) check {
+		if cfg.Server == "" {
+			return check{kind + ": no autopush server", errors.New(`server = "" turns the autopush backend off`),
+				`remove the server line to use Mozilla's public push service, or set server = "wss://…/"`}
+		}
+		name := kind + ": autopush server " + cfg.Server
+		if cfg.Server == config.DefaultServer {
+			name += " (Mozilla's public push service, the default)"
+		}
+		return check{name, checkAutopush(ctx, cfg.Server), "check the network and the URL; 'herald status' shows the daemon's last error"}
 	}
-	return def
+	out = append(out, autopush("UnifiedPush apps"))
+	if cfg.Lomiri.Use {
+		out = append(out, check{"Lomiri apps: Lomiri push service " + cfg.Lomiri.RegistrationURL, checkHTTP(ctx, cfg.Lomiri.RegistrationURL),
+			"check the network and [lomiri] registration_url"})
+	} else {
+		out = append(out, autopush("Lomiri apps"))
+	}
+	return out
 }
 
-func checkHealth(ctx context.Context, server string) error {
+// checkAutopush checks that an autopush server answers HTTP at its origin:
+// a herald-server answers GET /healthz with 200; any other autopush server
+// (Mozilla's) answers something, which is enough to know it is reachable.
+func checkAutopush(ctx context.Context, server string) error {
 	origin, err := config.HTTPOrigin(server)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, origin+"/healthz", nil)
+	status, err := httpGet(ctx, origin+"/healthz")
 	if err != nil {
 		return err
 	}
+	if status >= 500 {
+		return fmt.Errorf("%s/healthz answered %d", origin, status)
+	}
+	return nil
+}
+
+// checkHTTP checks that url answers HTTP below 500.
+func checkHTTP(ctx context.Context, url string) error {
+	status, err := httpGet(ctx, url)
+	if err != nil {
+		return err
+	}
+	if status >= 500 {
+		return fmt.Errorf("%s answered %d", url, status)
+	}
+	return nil
+}
+
+func httpGet(ctx context.Context, url string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach %s: %w", origin, err)
+		return 0, fmt.Errorf("cannot reach %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s/healthz answered %s", origin, resp.Status)
-	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 // checkStore checks that the daemon's database, when it exists, is a

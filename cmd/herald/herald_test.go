@@ -136,11 +136,24 @@ func TestNoDaemon(t *testing.T) {
 			t.Errorf("%v without heraldd = %+v", args, r)
 		}
 	}
+	// Loopback only: an autopush server that is down (a closed port), and
+	// no [lomiri] service, so Lomiri apps use the same server.
+	home := env["HOME"]
+	if err := os.MkdirAll(filepath.Join(home, ".config", "herald"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	closed := httptest.NewServer(http.NotFoundHandler())
+	down := "ws" + strings.TrimPrefix(closed.URL, "http") + "/"
+	closed.Close()
+	if err := os.WriteFile(filepath.Join(home, ".config", "herald", "config.toml"), []byte("server = \""+down+"\"\n[lomiri]\nenabled = false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r := runCLI(t, env, "doctor")
 	if r.code != 1 {
 		t.Fatalf("doctor = %+v", r)
 	}
-	for _, want := range []string{"FAIL  push server: no server configured", "FAIL  heraldd running", "fix: systemctl --user enable --now heraldd",
+	for _, want := range []string{"FAIL  UnifiedPush apps: autopush server " + down + ": cannot reach", "FAIL  Lomiri apps: autopush server " + down,
+		"FAIL  heraldd running", "fix: systemctl --user enable --now heraldd",
 		"ok    session bus", "FAIL  notification server"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("doctor output lacks %q:\n%s", want, r.stdout)
@@ -255,7 +268,7 @@ func TestWithDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = runCLI(t, env, "doctor")
-	if !strings.Contains(r.stdout, "ok    push server "+srv.URL()) || !strings.Contains(r.stdout, "ok    heraldd running") {
+	if !strings.Contains(r.stdout, "ok    UnifiedPush apps: autopush server "+srv.URL()) || !strings.Contains(r.stdout, "ok    heraldd running") {
 		t.Fatalf("doctor = %+v", r)
 	}
 }

@@ -387,3 +387,18 @@ func TestMozillaRules(t *testing.T) {
 		t.Errorf("heraldd broke Mozilla's rules: %q", v)
 	}
 }
+
+// TestZeroConfig: with no configuration at all (no file, no --server),
+// heraldd's UnifiedPush apps use Mozilla's public push service. heraldd
+// connects only once an app registers, so this test makes no network
+// traffic: it checks the daemon's Server property.
+func TestZeroConfig(t *testing.T) {
+	w := newWorld(t, worldOptions{server: "none"})
+	var v dbus.Variant
+	if err := w.call("org.herald.Daemon", "/org/herald/Daemon", "org.freedesktop.DBus.Properties.Get", "org.herald.Daemon1", "Server").Store(&v); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := v.Value().(string); s != "wss://push.services.mozilla.com/" {
+		t.Errorf("Server = %q with no configuration, want Mozilla's public push service", s)
+	}
+}
