@@ -60,7 +60,43 @@ const (
 	TypeAck          = "ack"
 	TypeNack         = "nack"
 	TypePing         = "ping"
+	// TypeUrgency (Herald extension ExtUrgency, the shape of autopush-rs's
+	// unreleased "urgency" feature): C→S Min, S→C Status.
+	TypeUrgency = "urgency"
+	// TypeAppAck (Herald extension ExtAppAck): the device reports that the
+	// apps themselves have taken these messages.
+	TypeAppAck = "app_ack"
 )
+
+// Herald extensions a server names in its hello reply (Hello.Extensions).
+// A device uses one only with a server that named it: Mozilla's server
+// closes the connection on an unknown messageType.
+const (
+	// ExtUrgency: the device states the lowest urgency it wants now (in
+	// hello and in "urgency" frames); the server holds lower ones for it.
+	ExtUrgency = "urgency"
+	// ExtAppAck: the device sends "app_ack" when an app has taken a message
+	// (Lomiri PopAll, an acknowledged UnifiedPush Connector2.Message).
+	ExtAppAck = "app_ack"
+)
+
+// Urgency levels of RFC 8030 §5.3, lowest first.
+var urgencyLevels = [...]string{"very-low", "low", "normal", "high"}
+
+// UrgencyRank returns the rank of an RFC 8030 urgency (very-low 0 … high 3).
+func UrgencyRank(u string) (int, bool) {
+	for i, l := range urgencyLevels {
+		if l == u {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// UrgencyName returns the urgency of a rank (clamped to very-low … high).
+func UrgencyName(rank int) string {
+	return urgencyLevels[min(max(rank, 0), len(urgencyLevels)-1)]
+}
 
 // ErrInvalid is wrapped by every validation error of Decode.
 var ErrInvalid = errors.New("invalid message")
@@ -80,6 +116,32 @@ type Hello struct {
 	UseWebPush bool              `json:"use_webpush"`
 	Broadcasts map[string]string `json:"broadcasts"`
 	Status     int               `json:"status,omitempty"`
+	// Extensions (S→C) are the Herald extensions the server supports.
+	Extensions []string `json:"herald_extensions,omitempty"`
+	// Urgency (C→S, ExtUrgency) is the lowest urgency the device wants now.
+	Urgency string `json:"urgency,omitempty"`
+}
+
+// Supports reports whether a server's hello reply names extension ext.
+func (h *Hello) Supports(ext string) bool {
+	for _, e := range h.Extensions {
+		if e == ext {
+			return true
+		}
+	}
+	return false
+}
+
+// Urgency (ExtUrgency) sets the lowest urgency the device wants (Min, C→S);
+// the server answers with Status.
+type Urgency struct {
+	Min    string `json:"min,omitempty"`
+	Status int    `json:"status,omitempty"`
+}
+
+// AppAck (ExtAppAck) reports messages that the apps have taken.
+type AppAck struct {
+	Updates []Update `json:"updates"`
 }
 
 // Register asks for (client) or returns (server) an endpoint for a channel.
@@ -142,6 +204,8 @@ func (*Notification) Type() string { return TypeNotification }
 func (*Ack) Type() string          { return TypeAck }
 func (*Nack) Type() string         { return TypeNack }
 func (*Ping) Type() string         { return TypePing }
+func (*Urgency) Type() string      { return TypeUrgency }
+func (*AppAck) Type() string       { return TypeAppAck }
 func (u *Unknown) Type() string    { return u.MessageType }
 
 // Body returns the decoded message body (nil for SimplePush).
@@ -185,6 +249,10 @@ func Decode(frame []byte) (Message, error) {
 		m = &Ack{}
 	case TypeNack:
 		m = &Nack{}
+	case TypeUrgency:
+		m = &Urgency{}
+	case TypeAppAck:
+		m = &AppAck{}
 	case TypePing:
 		return &Ping{}, nil
 	case "":
@@ -213,7 +281,14 @@ func normalize(m Message) {
 		if len(m.ChannelIDs) == 0 {
 			m.ChannelIDs = nil
 		}
+		if len(m.Extensions) == 0 {
+			m.Extensions = nil
+		}
 	case *Ack:
+		if m.Updates == nil {
+			m.Updates = []Update{}
+		}
+	case *AppAck:
 		if m.Updates == nil {
 			m.Updates = []Update{}
 		}
@@ -238,6 +313,16 @@ func Validate(m Message) error {
 			if !ValidChannelID(id) {
 				return bad("invalid channelID %q", id)
 			}
+		}
+		if _, ok := UrgencyRank(m.Urgency); m.Urgency != "" && !ok {
+			return bad("invalid urgency %q", m.Urgency)
+		}
+		if len(m.Extensions) > 32 {
+			return bad("too many extensions")
+		}
+	case *Urgency:
+		if _, ok := UrgencyRank(m.Min); m.Min != "" && !ok {
+			return bad("invalid min %q", m.Min)
 		}
 	case *Register:
 		if !ValidChannelID(m.ChannelID) {
@@ -270,16 +355,23 @@ func Validate(m Message) error {
 			return bad("negative ttl")
 		}
 	case *Ack:
-		for _, u := range m.Updates {
-			if !ValidChannelID(u.ChannelID) {
-				return bad("invalid channelID %q", u.ChannelID)
-			}
-			if u.Version == "" || len(u.Version) > 256 {
-				return bad("invalid version")
-			}
-		}
+		return validUpdates(m.Updates, bad)
+	case *AppAck:
+		return validUpdates(m.Updates, bad)
 	case *Nack:
 		if m.Version == "" || len(m.Version) > 256 {
+			return bad("invalid version")
+		}
+	}
+	return nil
+}
+
+func validUpdates(us []Update, bad func(string, ...any) error) error {
+	for _, u := range us {
+		if !ValidChannelID(u.ChannelID) {
+			return bad("invalid channelID %q", u.ChannelID)
+		}
+		if u.Version == "" || len(u.Version) > 256 {
 			return bad("invalid version")
 		}
 	}
@@ -307,6 +399,13 @@ func Encode(m Message) ([]byte, error) {
 			m = &c
 		}
 		return tagged(TypeAck, m)
+	case *AppAck:
+		if m.Updates == nil {
+			c := *m
+			c.Updates = []Update{}
+			m = &c
+		}
+		return tagged(TypeAppAck, m)
 	case nil:
 		return nil, errors.New("cannot encode nil message")
 	default:

@@ -51,6 +51,15 @@ func TestDecode(t *testing.T) {
 		{`{"messageType":"nack","version":"v1","code":302}`, &Nack{Version: "v1", Code: 302}},
 		{`{"messageType":"notification","channelID":"` + chid + `","version":"v","data":"aGk","headers":{"encoding":"aes128gcm"}}`,
 			&Notification{ChannelID: chid, Version: "v", Data: "aGk", Headers: map[string]string{"encoding": "aes128gcm"}}},
+		{`{"messageType":"hello","uaid":"4b6ec961654a6f2bfc3815ecf9f4208c","use_webpush":true,"urgency":"low"}`,
+			&Hello{UAID: "4b6ec961654a6f2bfc3815ecf9f4208c", UseWebPush: true, Broadcasts: map[string]string{}, Urgency: "low"}},
+		{`{"messageType":"hello","uaid":"4b6ec961654a6f2bfc3815ecf9f4208c","status":200,"use_webpush":true,"herald_extensions":["urgency","app_ack"]}`,
+			&Hello{UAID: "4b6ec961654a6f2bfc3815ecf9f4208c", Status: 200, UseWebPush: true, Broadcasts: map[string]string{},
+				Extensions: []string{ExtUrgency, ExtAppAck}}},
+		{`{"messageType":"urgency","min":"very-low"}`, &Urgency{Min: "very-low"}},
+		{`{"messageType":"urgency","status":200}`, &Urgency{Status: 200}},
+		{`{"messageType":"app_ack","updates":[{"channelID":"` + chid + `","version":"v1"}]}`,
+			&AppAck{Updates: []Update{{ChannelID: chid, Version: "v1"}}}},
 	}
 	for _, tt := range tests {
 		got, err := Decode([]byte(tt.frame))
@@ -69,6 +78,9 @@ func TestDecode(t *testing.T) {
 		`{"messageType":"notification","channelID":"` + chid + `","version":"v","data":"***"}`,
 		`{"messageType":"notification","channelID":"` + chid + `","version":"v","data":"` + strings.Repeat("A", 5500) + `"}`,
 		`{"messageType":"hello","uaid":"` + strings.Repeat("a", 129) + `"}`,
+		`{"messageType":"hello","urgency":"urgent"}`,
+		`{"messageType":"urgency","min":"HIGH"}`,
+		`{"messageType":"app_ack","updates":[{"channelID":"nope","version":"v"}]}`,
 		`{"messageType":"ack","updates":[]}` + strings.Repeat(" ", MaxFrameBytes),
 	}
 	for _, frame := range bad {
@@ -78,6 +90,20 @@ func TestDecode(t *testing.T) {
 	}
 	if m, err := Decode([]byte(`{"messageType":"broadcast_subscribe","broadcasts":{}}`)); err != nil || m.Type() != "broadcast_subscribe" {
 		t.Errorf("unknown type: %#v, %v", m, err)
+	}
+}
+
+func TestUrgencyRank(t *testing.T) {
+	for i, u := range []string{"very-low", "low", "normal", "high"} {
+		if r, ok := UrgencyRank(u); !ok || r != i || UrgencyName(r) != u {
+			t.Errorf("UrgencyRank(%q) = %d, %v", u, r, ok)
+		}
+	}
+	if _, ok := UrgencyRank("urgent"); ok {
+		t.Error("UrgencyRank accepts urgent")
+	}
+	if !(&Hello{Extensions: []string{ExtAppAck}}).Supports(ExtAppAck) || (&Hello{}).Supports(ExtUrgency) {
+		t.Error("Hello.Supports")
 	}
 }
 

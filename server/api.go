@@ -214,10 +214,26 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	receipt, perr := s.receiptRequest(r.Context(), r.Header)
+	if perr != nil {
+		s.pushFail(w, perr)
+		return
+	}
 	id := newMessageID()
 	m := &Message{
 		ID: id, UAID: ch.UAID, ChannelID: ch.ChannelID, Version: id, Topic: h.Topic,
 		Data: body, Headers: headers, Expiry: s.now().Add(time.Duration(h.TTL) * time.Second),
+		Urgency: h.Urgency, Receipt: receipt,
+	}
+	if receipt != "" {
+		// The watch is written before the message can reach the device, so
+		// its ack always finds it.
+		if err := s.watchReceipt(r.Context(), m); err != nil {
+			s.log.Error("cannot store receipt watch", "err", err)
+			w.Header().Set("Retry-After", "5")
+			s.pushFail(w, newPushError(503, errnoUnavailable, "cannot store message, retry later"))
+			return
+		}
 	}
 	if !s.fitsFrame(m) {
 		s.metrics.refused.WithLabelValues("frame_too_big").Inc()
@@ -234,6 +250,12 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", s.base+"/m/"+id)
 	w.Header().Set("TTL", strconv.FormatInt(h.TTL, 10))
 	w.Header().Set("Content-Length", "0")
+	if receipt != "" && respondAsync(r.Header) {
+		// RFC 8030 §5.1: the receipt is asked for, the answer is 202.
+		w.Header().Set("Link", "<"+s.base+"/r/"+receipt+`>; rel="`+receiptRelation+`"`)
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
 	w.WriteHeader(http.StatusCreated)
 }
 

@@ -144,12 +144,35 @@ type conn struct {
 	cursor    int64        // guarded by mu; stored messages up to this Seq were fetched
 	closed    bool         // guarded by mu; no more writes
 	ping      *time.Timer  // guarded by mu
+	// minUrgency is the rank of the lowest urgency the device wants
+	// (extension "urgency"; 0, very-low, is every message). Guarded by mu.
+	minUrgency int
+	// receipts are the sent messages whose app server asked for receipts.
+	// Guarded by mu.
+	receipts map[Ref]receiptRef
 }
 
 // sent is an unacknowledged message.
 type sent struct {
 	seq   int64
 	batch bool // part of a batch of stored messages (drain), not live
+}
+
+// heraldExtensions are the Herald extensions the server names in its hello
+// reply (protocol.Hello.Extensions).
+var heraldExtensions = []string{protocol.ExtUrgency, protocol.ExtAppAck}
+
+// held reports whether m waits for the device to want lower urgencies.
+// c.mu must be held.
+func (c *conn) held(m *Message) bool {
+	if c.minUrgency == 0 {
+		return false
+	}
+	r, ok := protocol.UrgencyRank(m.Urgency)
+	if !ok {
+		r = 2 // "" is normal
+	}
+	return r < c.minUrgency
 }
 
 func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
@@ -230,6 +253,9 @@ func (c *conn) run() {
 		return
 	}
 	c.uaid = uaid
+	if r, ok := protocol.UrgencyRank(hello.Urgency); ok {
+		c.minUrgency = r
+	}
 	if s.node != nil {
 		c.route = Route{Node: s.node.url, Conn: s.node.connID.Add(1)}
 	}
@@ -286,7 +312,7 @@ func (c *conn) run() {
 	}()
 	s.log.Debug("device connected", "uaid", redact(uaid), "known", known)
 
-	reply, _ := protocol.Encode(&protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	reply, _ := protocol.Encode(&protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true, Extensions: heraldExtensions})
 	c.mu.Lock()
 	c.ping = time.AfterFunc(s.cfg.PingInterval, c.sendPing)
 	c.mu.Unlock()
@@ -376,6 +402,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 	case *protocol.Ack:
 		refs := make([]Ref, 0, len(m.Updates))
 		delivered := 0
+		var receipts []ackedReceipt
 		c.mu.Lock()
 		for _, u := range m.Updates {
 			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
@@ -386,6 +413,10 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 					delivered++
 				}
 			}
+			if rr, ok := c.receipts[r]; ok {
+				delete(c.receipts, r)
+				receipts = append(receipts, ackedReceipt{ref: r, receipt: rr, code: u.Code})
+			}
 			refs = append(refs, r)
 		}
 		more := c.draining && c.batchLeft == 0
@@ -394,9 +425,40 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		if err := s.store.Delete(ctx, c.uaid, refs); err != nil {
 			s.log.Warn("cannot delete acknowledged messages", "err", err)
 		}
+		if receipts != nil {
+			s.delivered(ctx, c.uaid, receipts)
+		}
 		if more {
 			return c.drain(ctx)
 		}
+		return nil
+	case *protocol.Urgency:
+		r, ok := protocol.UrgencyRank(m.Min)
+		status := 200
+		more := false
+		if !ok {
+			status = 400
+		} else {
+			c.mu.Lock()
+			if r < c.minUrgency {
+				// Messages held so far are wanted now: read the store again.
+				c.cursor = 0
+				c.draining = true
+			}
+			c.minUrgency = r
+			more = c.draining && c.batchLeft == 0
+			c.mu.Unlock()
+		}
+		reply, _ := protocol.Encode(&protocol.Urgency{Status: status})
+		if err := c.write(reply); err != nil {
+			return err
+		}
+		if more {
+			return c.drain(ctx)
+		}
+		return nil
+	case *protocol.AppAck:
+		s.appAcked(ctx, c.uaid, m)
 		return nil
 	case *protocol.Nack:
 		// The message stays stored and is sent again on the next connection.
@@ -505,7 +567,12 @@ func (c *conn) drain(ctx context.Context) error {
 				dead = append(dead, r)
 				continue
 			}
+			if c.held(m) {
+				c.s.metrics.held.Inc()
+				continue
+			}
 			c.markSent(r, m.Seq, true)
+			c.noteReceipt(r, m)
 			tried = append(tried, r)
 			frames = append(frames, c.s.encodeNotification(m))
 		}
@@ -585,6 +652,18 @@ func (c *conn) forget(r Ref, st sent) {
 	}
 }
 
+// noteReceipt remembers a sent message whose app server asked for
+// receipts. c.mu must be held.
+func (c *conn) noteReceipt(r Ref, m *Message) {
+	if m.Receipt == "" {
+		return
+	}
+	if c.receipts == nil {
+		c.receipts = map[Ref]receiptRef{}
+	}
+	c.receipts[r] = receiptRef{sub: m.Receipt, msgID: m.ID}
+}
+
 // deliver sends a just-accepted message to the device at once, or leaves a
 // stored one for the next batch when the device is busy.
 func (c *conn) deliver(m *Message) {
@@ -596,6 +675,13 @@ func (c *conn) deliver(m *Message) {
 	}
 	if _, ok := c.unacked[r]; ok {
 		c.mu.Unlock()
+		return
+	}
+	if c.held(m) {
+		// Stored: sent when the device lowers its minimum urgency (a TTL 0
+		// message is not stored and so never reaches it).
+		c.mu.Unlock()
+		c.s.metrics.held.Inc()
 		return
 	}
 	// While stored messages are sent in batches, a live one waits in the
@@ -613,6 +699,7 @@ func (c *conn) deliver(m *Message) {
 		return
 	}
 	c.markSent(r, m.Seq, false)
+	c.noteReceipt(r, m)
 	c.mu.Unlock()
 	bp, _ := c.s.frames.Get().(*[]byte)
 	if bp == nil {

@@ -69,6 +69,8 @@ type nodeMessage struct {
 	Data    []byte            `json:"data,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
 	Expiry  int64             `json:"expiry"` // unix ms
+	Urgency string            `json:"urgency,omitempty"`
+	Receipt string            `json:"receipt,omitempty"`
 }
 
 type nodeReplace struct {
@@ -106,7 +108,7 @@ func (s *Server) dispatch(ctx context.Context, m *Message) {
 // that no longer holds the device, loses the route.
 func (s *Server) forward(ctx context.Context, r Route, m *Message) {
 	body, _ := json.Marshal(nodeMessage{UAID: m.UAID, Seq: m.Seq, ID: m.ID, Channel: m.ChannelID, Version: m.Version,
-		Topic: m.Topic, Data: m.Data, Headers: m.Headers, Expiry: m.Expiry.UnixMilli()})
+		Topic: m.Topic, Data: m.Data, Headers: m.Headers, Expiry: m.Expiry.UnixMilli(), Urgency: m.Urgency, Receipt: m.Receipt})
 	status, err := s.nodeCall(ctx, r.Node+nodeDeliverPath, body)
 	switch {
 	case err == nil && status == http.StatusNoContent:
@@ -200,7 +202,7 @@ func (s *Server) handleNodeDeliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.deliver(&Message{Seq: nm.Seq, ID: nm.ID, UAID: nm.UAID, ChannelID: nm.Channel, Version: nm.Version,
-		Topic: nm.Topic, Data: nm.Data, Headers: nm.Headers, Expiry: time.UnixMilli(nm.Expiry)})
+		Topic: nm.Topic, Data: nm.Data, Headers: nm.Headers, Expiry: time.UnixMilli(nm.Expiry), Urgency: nm.Urgency, Receipt: nm.Receipt})
 	w.WriteHeader(http.StatusNoContent)
 }
 

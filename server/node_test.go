@@ -34,6 +34,9 @@ func TestOnPostgres(t *testing.T) {
 		{"Notify", TestNotify},
 		{"SecondConnectionReplacesFirst", TestSecondConnectionReplacesFirst},
 		{"MaxPendingDropsOldest", TestMaxPendingDropsOldest},
+		{"Receipts", TestReceipts},
+		{"ReceiptExpired", TestReceiptExpired},
+		{"UrgencyHeld", TestUrgencyHeld},
 	} {
 		t.Run(tc.name, tc.fn)
 	}

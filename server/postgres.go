@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -90,6 +89,18 @@ var pgMigrations = []string{
 	UPDATE devices SET seen = (extract(epoch FROM now()) * 1000)::bigint;
 	CREATE INDEX devices_seen ON devices (seen);
 	ALTER TABLE messages ADD COLUMN attempts int NOT NULL DEFAULT 0;`,
+	// 4: receipt watches (RFC 8030 §5.1 push receipts).
+	`CREATE TABLE receipt_watches (
+		uaid      text NOT NULL,
+		chid      text NOT NULL,
+		version   text NOT NULL,
+		sub       text NOT NULL,
+		msg_id    text NOT NULL,
+		expiry    bigint NOT NULL,
+		delivered boolean NOT NULL,
+		PRIMARY KEY (uaid, chid, version)
+	);
+	CREATE INDEX receipt_watches_expiry ON receipt_watches (expiry);`,
 }
 
 // PostgresStore is the Store of any number of server nodes sharing one
@@ -292,7 +303,7 @@ const pgInsertMessage = `INSERT INTO messages (id, uaid, chid, version, topic, d
 // statement that also counts the channel's messages for DropOver; the others
 // are a transaction serialised per channel by an advisory lock.
 func (s *PostgresStore) Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (bool, int, error) {
-	headers, err := encodeHeaders(m.Headers)
+	headers, err := encodeHeaders(m)
 	if err != nil {
 		return false, 0, err
 	}
@@ -410,9 +421,9 @@ func (s *PostgresStore) Pending(ctx context.Context, uaid string, after int64, l
 			return nil, err
 		}
 		m.Expiry = time.UnixMilli(exp)
-		if headers != nil && *headers != "" {
-			if err := json.Unmarshal([]byte(*headers), &m.Headers); err != nil {
-				return nil, fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+		if headers != nil {
+			if err := decodeHeaders(m, *headers); err != nil {
+				return nil, err
 			}
 		}
 		return m, nil
@@ -655,9 +666,9 @@ func (s *PostgresStore) Export(ctx context.Context, now time.Time, fn func(Recor
 			c := m
 			c.Expiry = time.UnixMilli(exp)
 			c.Headers = nil
-			if headers != nil && *headers != "" {
-				if err := json.Unmarshal([]byte(*headers), &c.Headers); err != nil {
-					return fmt.Errorf("cannot decode headers of message %d: %w", c.Seq, err)
+			if headers != nil {
+				if err := decodeHeaders(&c, *headers); err != nil {
+					return err
 				}
 			}
 			return fn(Record{Message: &c})
@@ -682,7 +693,7 @@ func (s *PostgresStore) Import(ctx context.Context, recs []Record) error {
 				ch.Token, ch.UAID, ch.ChannelID, nilIfEmpty(ch.Key), now)
 		case r.Message != nil:
 			m := r.Message
-			headers, err := encodeHeaders(m.Headers)
+			headers, err := encodeHeaders(m)
 			if err != nil {
 				return err
 			}
@@ -698,6 +709,84 @@ func (s *PostgresStore) Import(ctx context.Context, recs []Record) error {
 		return tx.SendBatch(ctx, b).Close()
 	})
 	return s.wrap("cannot import", err)
+}
+
+// Watch implements Store.
+func (s *PostgresStore) Watch(ctx context.Context, w ReceiptWatch) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO receipt_watches (uaid, chid, version, sub, msg_id, expiry, delivered)
+			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (uaid, chid, version) DO UPDATE
+			SET sub = excluded.sub, msg_id = excluded.msg_id, expiry = excluded.expiry, delivered = excluded.delivered`,
+			w.UAID, w.ChannelID, w.Version, w.Sub, w.MsgID, ms(w.Expiry), w.Delivered); err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM receipt_watches WHERE uaid = $1`, w.UAID).Scan(&n); err != nil {
+			return err
+		}
+		if n > MaxWatchesPerDevice {
+			_, err := tx.Exec(ctx, `DELETE FROM receipt_watches WHERE (uaid, chid, version) IN (
+				SELECT uaid, chid, version FROM receipt_watches WHERE uaid = $1 ORDER BY expiry LIMIT $2)`,
+				w.UAID, n-MaxWatchesPerDevice)
+			return err
+		}
+		return nil
+	})
+	return s.wrap("cannot store receipt watch", err)
+}
+
+// TakeWatches implements Store.
+func (s *PostgresStore) TakeWatches(ctx context.Context, uaid string, refs []Ref) ([]ReceiptWatch, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	chids := make([]string, len(refs))
+	versions := make([]string, len(refs))
+	for i, r := range refs {
+		chids[i], versions[i] = r.ChannelID, r.Version
+	}
+	rows, err := s.pool.Query(ctx, `DELETE FROM receipt_watches WHERE uaid = $1
+		AND (chid, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+		RETURNING uaid, chid, version, sub, msg_id, expiry, delivered`, uaid, chids, versions)
+	if err != nil {
+		return nil, s.wrap("cannot take receipt watches", err)
+	}
+	out, err := pgx.CollectRows(rows, scanWatch)
+	return out, s.wrap("cannot take receipt watches", err)
+}
+
+func scanWatch(row pgx.CollectableRow) (ReceiptWatch, error) {
+	var w ReceiptWatch
+	var exp int64
+	err := row.Scan(&w.UAID, &w.ChannelID, &w.Version, &w.Sub, &w.MsgID, &exp, &w.Delivered)
+	w.Expiry = time.UnixMilli(exp)
+	return w, err
+}
+
+// SweepWatches implements Store. Each expired watch is deleted by one
+// statement of one node, so only that node reports it.
+func (s *PostgresStore) SweepWatches(ctx context.Context, now time.Time) ([]ReceiptWatch, error) {
+	var out []ReceiptWatch
+	for {
+		rows, err := s.pool.Query(ctx, `DELETE FROM receipt_watches WHERE (uaid, chid, version) IN (
+			SELECT uaid, chid, version FROM receipt_watches WHERE expiry <= $1 LIMIT $2)
+			RETURNING uaid, chid, version, sub, msg_id, expiry, delivered`, ms(now), sweepBatch)
+		if err != nil {
+			return out, s.wrap("cannot sweep receipt watches", err)
+		}
+		ws, err := pgx.CollectRows(rows, scanWatch)
+		if err != nil {
+			return out, s.wrap("cannot sweep receipt watches", err)
+		}
+		for _, w := range ws {
+			if !w.Delivered {
+				out = append(out, w)
+			}
+		}
+		if len(ws) < sweepBatch {
+			return out, nil
+		}
+	}
 }
 
 // PutBroadcast implements Store. Levels of a channel are serialised by an

@@ -148,6 +148,8 @@ type Server struct {
 	tokens   tokenCache
 	frames   sync.Pool // *[]byte buffers for notification frames (gorilla copies them)
 	node     *node     // nil unless Config.NodeURL is set
+
+	receiptWaiters receiptWaiters
 }
 
 // New validates cfg and opens the store. It starts no goroutines: call Serve.
@@ -273,6 +275,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /wpush/v1/{token}", s.handleWebPush)
 	mux.HandleFunc("PUT /wpush/v1/{token}", s.handleSimplePush)
 	mux.HandleFunc("DELETE /m/{id}", s.handleCancel)
+	mux.HandleFunc("POST /receipts", s.handleReceiptSubscribe)
+	mux.HandleFunc("GET /r/{id}", s.handleReceipts)
 	mux.HandleFunc("/notify", s.handleNotify)
 	mux.HandleFunc("/register", s.handleLomiriRegister)
 	mux.HandleFunc("/unregister", s.handleLomiriUnregister)
@@ -389,6 +393,7 @@ func (s *Server) sweep(ctx context.Context) {
 			s.log.Debug("swept expired messages", "count", n)
 		}
 		s.sweepDevices(ctx, now)
+		s.sweepReceipts(ctx, now)
 		s.tokenRL.prune(now)
 		s.ipRL.prune(now)
 		s.wsRL.prune(now)
@@ -469,6 +474,9 @@ type metrics struct {
 	commitSeconds   prometheus.Histogram
 	commitOps       prometheus.Histogram
 	forwarded       *prometheus.CounterVec
+	receipts        *prometheus.CounterVec
+	receiptsDropped prometheus.Counter
+	held            prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -484,6 +492,12 @@ func newMetrics() *metrics {
 			Name: "herald_messages_delivered_total", Help: "Messages delivered and acknowledged by devices."}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_messages_expired_total", Help: "Messages deleted undelivered at expiry."}),
+		receipts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_receipts_total", Help: "Push receipts stored for app servers, by status."}, []string{"status"}),
+		receiptsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_receipts_dropped_total", Help: "Oldest unread receipts dropped over the per-subscription limit."}),
+		held: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_messages_held_total", Help: "Messages held back because the device wants only higher urgencies."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_messages_dropped_total", Help: "Oldest pending messages dropped over the per-channel limit."}),
 		undeliverable: prometheus.NewCounter(prometheus.CounterOpts{
@@ -504,7 +518,8 @@ func newMetrics() *metrics {
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_node_forwarded_total", Help: "Messages handed to the node holding the device, by result."}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.undeliverable, m.idleDevices, m.refused, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded)
+	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.undeliverable, m.idleDevices, m.refused, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded,
+		m.receipts, m.receiptsDropped, m.held)
 	return m
 }
 

@@ -55,6 +55,17 @@ CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
 	value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipt_watches (
+	uaid      TEXT NOT NULL,
+	chid      TEXT NOT NULL,
+	version   TEXT NOT NULL,
+	sub       TEXT NOT NULL,
+	msg_id    TEXT NOT NULL,
+	expiry    INTEGER NOT NULL,
+	delivered INTEGER NOT NULL,
+	PRIMARY KEY (uaid, chid, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS receipt_watches_expiry ON receipt_watches (expiry);
 CREATE TABLE IF NOT EXISTS broadcasts (
 	channel TEXT NOT NULL,
 	level   INTEGER NOT NULL,
@@ -164,6 +175,13 @@ var writerSQL = map[string]string{
 	"impmsg":   `INSERT OR IGNORE INTO messages (id, uaid, chid, version, topic, data, headers, expiry) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 	"impchan":  `INSERT OR IGNORE INTO channels (token, uaid, chid, vapid, created) VALUES (?, ?, ?, ?, ?)`,
 	"msglast":  `SELECT data FROM messages WHERE uaid = ? AND chid = ? AND expiry > ? ORDER BY seq DESC LIMIT 1`,
+	"watchput": `INSERT OR REPLACE INTO receipt_watches (uaid, chid, version, sub, msg_id, expiry, delivered) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	"watchcnt": `SELECT count(*) FROM receipt_watches WHERE uaid = ?`,
+	"watchtrim": `DELETE FROM receipt_watches WHERE (uaid, chid, version) IN (SELECT uaid, chid, version FROM receipt_watches
+		WHERE uaid = ? ORDER BY expiry LIMIT ?)`,
+	"watchget": `SELECT sub, msg_id, expiry, delivered FROM receipt_watches WHERE uaid = ? AND chid = ? AND version = ?`,
+	"watchdel": `DELETE FROM receipt_watches WHERE uaid = ? AND chid = ? AND version = ?`,
+	"watchexp": `SELECT uaid, chid, version, sub, msg_id, expiry, delivered FROM receipt_watches WHERE expiry <= ? LIMIT 1000`,
 	"bctop":    `SELECT coalesce(max(level), 0) FROM broadcasts WHERE channel = ?`,
 	"bcput":    `INSERT INTO broadcasts (channel, level, data, expiry) VALUES (?, ?, ?, ?)`,
 	"bctrim":   `DELETE FROM broadcasts WHERE channel = ? AND level <= ?`,
@@ -542,7 +560,7 @@ func (s *SQLiteStore) Channel(ctx context.Context, token string) (Channel, error
 
 // Put implements Store.
 func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now time.Time) (bool, int, error) {
-	headers, err := encodeHeaders(m.Headers)
+	headers, err := encodeHeaders(m)
 	if err != nil {
 		return false, 0, err
 	}
@@ -673,9 +691,9 @@ func (s *SQLiteStore) PendingBeyondAcks(ctx context.Context, uaid string, after 
 			return nil, fmt.Errorf("cannot read pending messages: %w", err)
 		}
 		m.Expiry = time.UnixMilli(exp)
-		if headers.Valid && headers.String != "" {
-			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
-				return nil, fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+		if headers.Valid {
+			if err := decodeHeaders(m, headers.String); err != nil {
+				return nil, err
 			}
 		}
 		out = append(out, m)
@@ -739,6 +757,98 @@ func (s *SQLiteStore) Sweep(ctx context.Context, now time.Time) (int, error) {
 		return err
 	})
 	return int(n), err
+}
+
+// Watch implements Store.
+func (s *SQLiteStore) Watch(ctx context.Context, w ReceiptWatch) error {
+	return s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		return atomically(tx, func() error {
+			if _, err := st("watchput").Exec(w.UAID, w.ChannelID, w.Version, w.Sub, w.MsgID, ms(w.Expiry), w.Delivered); err != nil {
+				return err
+			}
+			var n int
+			if err := st("watchcnt").QueryRow(w.UAID).Scan(&n); err != nil {
+				return err
+			}
+			if n > MaxWatchesPerDevice {
+				_, err := st("watchtrim").Exec(w.UAID, n-MaxWatchesPerDevice)
+				return err
+			}
+			return nil
+		})
+	})
+}
+
+// TakeWatches implements Store.
+func (s *SQLiteStore) TakeWatches(ctx context.Context, uaid string, refs []Ref) ([]ReceiptWatch, error) {
+	var out []ReceiptWatch
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		out = out[:0]
+		for _, r := range refs {
+			w := ReceiptWatch{UAID: uaid, ChannelID: r.ChannelID, Version: r.Version}
+			var exp int64
+			err := st("watchget").QueryRow(uaid, r.ChannelID, r.Version).Scan(&w.Sub, &w.MsgID, &exp, &w.Delivered)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := st("watchdel").Exec(uaid, r.ChannelID, r.Version); err != nil {
+				return err
+			}
+			w.Expiry = time.UnixMilli(exp)
+			out = append(out, w)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot take receipt watches: %w", err)
+	}
+	return out, nil
+}
+
+// SweepWatches implements Store.
+func (s *SQLiteStore) SweepWatches(ctx context.Context, now time.Time) ([]ReceiptWatch, error) {
+	var out []ReceiptWatch
+	err := s.write(ctx, false, func(tx *sql.Tx, st func(string) *sql.Stmt) error {
+		out = out[:0]
+		for {
+			rows, err := st("watchexp").Query(ms(now))
+			if err != nil {
+				return err
+			}
+			var batch []ReceiptWatch
+			err = eachRow(rows, func() error {
+				var w ReceiptWatch
+				var exp int64
+				if err := rows.Scan(&w.UAID, &w.ChannelID, &w.Version, &w.Sub, &w.MsgID, &exp, &w.Delivered); err != nil {
+					return err
+				}
+				w.Expiry = time.UnixMilli(exp)
+				batch = append(batch, w)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, w := range batch {
+				if _, err := st("watchdel").Exec(w.UAID, w.ChannelID, w.Version); err != nil {
+					return err
+				}
+				if !w.Delivered {
+					out = append(out, w)
+				}
+			}
+			if len(batch) < 1000 {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot sweep receipt watches: %w", err)
+	}
+	return out, nil
 }
 
 // PutBroadcast implements Store.
@@ -997,9 +1107,9 @@ func (s *SQLiteStore) Export(ctx context.Context, now time.Time, fn func(Record)
 			return err
 		}
 		m.Expiry = time.UnixMilli(exp)
-		if headers.Valid && headers.String != "" {
-			if err := json.Unmarshal([]byte(headers.String), &m.Headers); err != nil {
-				return fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+		if headers.Valid {
+			if err := decodeHeaders(m, headers.String); err != nil {
+				return err
 			}
 		}
 		return fn(Record{Message: m})
@@ -1037,7 +1147,7 @@ func (s *SQLiteStore) Import(ctx context.Context, recs []Record) error {
 				case r.Message != nil:
 					m := r.Message
 					var headers any
-					if headers, err = encodeHeaders(m.Headers); err == nil {
+					if headers, err = encodeHeaders(m); err == nil {
 						_, err = st("impmsg").Exec(m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry))
 					}
 				}
@@ -1050,8 +1160,30 @@ func (s *SQLiteStore) Import(ctx context.Context, recs []Record) error {
 	})
 }
 
-// encodeHeaders returns the JSON text of headers, or nil for none.
-func encodeHeaders(h map[string]string) (any, error) {
+// Keys under which a stored message's Urgency and Receipt live in its
+// headers column; "~" keys are never headers sent to a device. Both stores
+// keep them there, so that no column is added for these rare values.
+const (
+	headerUrgency = "~urgency"
+	headerReceipt = "~receipt"
+)
+
+// encodeHeaders returns the JSON text of m's headers with its Urgency and
+// Receipt, or nil for none.
+func encodeHeaders(m *Message) (any, error) {
+	h := m.Headers
+	if (m.Urgency != "" && m.Urgency != "normal") || m.Receipt != "" {
+		h = make(map[string]string, len(m.Headers)+2)
+		for k, v := range m.Headers {
+			h[k] = v
+		}
+		if m.Urgency != "" && m.Urgency != "normal" {
+			h[headerUrgency] = m.Urgency
+		}
+		if m.Receipt != "" {
+			h[headerReceipt] = m.Receipt
+		}
+	}
 	if len(h) == 0 {
 		return nil, nil
 	}
@@ -1060,4 +1192,28 @@ func encodeHeaders(h map[string]string) (any, error) {
 		return nil, fmt.Errorf("cannot encode headers: %w", err)
 	}
 	return string(b), nil
+}
+
+// decodeHeaders sets m's Headers, Urgency and Receipt from the JSON text of
+// its headers column.
+func decodeHeaders(m *Message, text string) error {
+	m.Headers = nil
+	if text == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(text), &m.Headers); err != nil {
+		return fmt.Errorf("cannot decode headers of message %d: %w", m.Seq, err)
+	}
+	if u, ok := m.Headers[headerUrgency]; ok {
+		m.Urgency = u
+		delete(m.Headers, headerUrgency)
+	}
+	if r, ok := m.Headers[headerReceipt]; ok {
+		m.Receipt = r
+		delete(m.Headers, headerReceipt)
+	}
+	if len(m.Headers) == 0 {
+		m.Headers = nil
+	}
+	return nil
 }

@@ -83,6 +83,13 @@ type Message struct {
 	// Attempts is how often the message was sent to the device in a batch of
 	// stored messages (see Store.Attempted); Pending fills it in.
 	Attempts int
+	// Urgency is the RFC 8030 urgency ("" means normal). A device that asked
+	// for a higher minimum (extension "urgency") is not sent the message
+	// until it lowers its minimum; it stays stored meanwhile.
+	Urgency string
+	// Receipt is the id of the receipt subscription the app server asked
+	// receipts on (RFC 8030 §5.1), "" for none.
+	Receipt string
 }
 
 // Ref names a message acknowledged by a device.
@@ -115,6 +122,24 @@ type Route struct {
 	// same device has another Conn.
 	Conn int64
 }
+
+// ReceiptWatch is a pushed message whose app server asked for receipts
+// (RFC 8030 §5.1). It is kept from the push until the app has taken the
+// message (extension "app_ack") or it expires; an undelivered one that
+// expires gets a "not delivered" receipt.
+type ReceiptWatch struct {
+	UAID      string
+	ChannelID string
+	Version   string
+	Sub       string // the receipt subscription
+	MsgID     string // the push message resource is /m/<MsgID>
+	Expiry    time.Time
+	Delivered bool // the device has acknowledged it
+}
+
+// MaxWatchesPerDevice bounds the receipt watches kept for one device; a
+// Watch beyond it drops the watches that expire first.
+const MaxWatchesPerDevice = 1000
 
 // Record is one exported item of a store: exactly one field is set.
 type Record struct {
@@ -186,6 +211,15 @@ type Store interface {
 	// the messages that use them); existing devices and channels are kept.
 	// Messages get new Seqs in the order given.
 	Import(ctx context.Context, recs []Record) error
+
+	// Watch records w, replacing a watch of the same (UAID, ChannelID,
+	// Version), and keeps at most MaxWatchesPerDevice of the device.
+	Watch(ctx context.Context, w ReceiptWatch) error
+	// TakeWatches deletes and returns the watches of refs of uaid.
+	TakeWatches(ctx context.Context, uaid string, refs []Ref) ([]ReceiptWatch, error)
+	// SweepWatches deletes the watches that expire at or before now and
+	// returns those not delivered.
+	SweepWatches(ctx context.Context, now time.Time) ([]ReceiptWatch, error)
 
 	// PutBroadcast stores data as the next level of a Lomiri broadcast
 	// channel, keeps the newest keep payloads of it, and returns the level.
