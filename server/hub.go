@@ -217,7 +217,20 @@ func (c *conn) read() (int, []byte, error) {
 	typ, b, err := protocol.ReadFrame(c.ws.NextReader)
 	if errors.Is(err, protocol.ErrFrameTooBig) {
 		c.s.metrics.refused.WithLabelValues("frame_too_big").Inc()
-		c.fail(protocol.CloseMessageTooBig, "frame too big after decompression")
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		_ = c.ws.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(protocol.CloseMessageTooBig, "frame too big after decompression"), time.Now().Add(time.Second))
+		// Skip the rest (on the wire, not inflated) until the device's close,
+		// for up to a second, so that the close frame is not lost to a reset.
+		c.ws.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			if _, _, err := c.ws.NextReader(); err != nil {
+				break
+			}
+		}
+		c.ws.Close()
 	}
 	return typ, b, err
 }

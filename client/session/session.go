@@ -10,6 +10,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -303,6 +304,9 @@ type request struct {
 type frame struct {
 	msg protocol.Message
 	err error
+	// bad is the ack of a notification frame that names its channel and
+	// version but cannot be decoded: it can never be delivered.
+	bad *protocol.Update
 }
 
 // conn is one connection; its serve goroutine owns it.
@@ -479,6 +483,12 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			if f.err != nil {
 				return f.err
 			}
+			if f.bad != nil {
+				if err := queueAcks([]protocol.Update{*f.bad}); err != nil {
+					return err
+				}
+				continue
+			}
 			switch m := f.msg.(type) {
 			case *protocol.Notification:
 				batch = append(batch[:0], m)
@@ -487,6 +497,12 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 				for len(batch) < 100 {
 					select {
 					case f2 := <-frames:
+						if f2.bad != nil {
+							if err := queueAcks([]protocol.Update{*f2.bad}); err != nil {
+								return err
+							}
+							continue
+						}
 						if n, ok := f2.msg.(*protocol.Notification); ok && f2.err == nil {
 							batch = append(batch, n)
 							continue
@@ -566,12 +582,44 @@ func (s *Session) answer(m protocol.Message, pending map[string][]chan protocol.
 func readFrame(ws *websocket.Conn) (int, []byte, error) {
 	typ, b, err := protocol.ReadFrame(ws.NextReader)
 	if errors.Is(err, protocol.ErrFrameTooBig) {
-		_ = ws.WriteControl(websocket.CloseMessage,
-			websocket.FormatCloseMessage(protocol.CloseMessageTooBig, "frame too big after decompression"),
-			time.Now().Add(time.Second))
-		ws.Close()
+		closeTooBig(ws)
 	}
 	return typ, b, err
+}
+
+// undeliverable returns the ack (code 102, not delivered) of a notification
+// frame that protocol.Decode refused but that names a valid channel id and a
+// version, nil for any other frame.
+func undeliverable(b []byte) *protocol.Update {
+	var f struct {
+		MessageType string `json:"messageType"`
+		ChannelID   string `json:"channelID"`
+		Version     string `json:"version"`
+	}
+	if json.Unmarshal(b, &f) != nil || f.MessageType != protocol.TypeNotification ||
+		!protocol.ValidChannelID(f.ChannelID) || f.Version == "" || len(f.Version) > maxVersionBytes {
+		return nil
+	}
+	return &protocol.Update{ChannelID: f.ChannelID, Version: f.Version, Code: protocol.AckNotDelivered}
+}
+
+// maxVersionBytes bounds the version echoed in an ack of an undecodable frame.
+const maxVersionBytes = 256
+
+// closeTooBig closes ws with 1009. It skips what is left of the frames (on
+// the wire, not inflated) for up to a second, waiting for the peer's close,
+// so that the close frame is not lost to a reset.
+func closeTooBig(ws *websocket.Conn) {
+	_ = ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(protocol.CloseMessageTooBig, "frame too big after decompression"),
+		time.Now().Add(time.Second))
+	_ = ws.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		if _, _, err := ws.NextReader(); err != nil {
+			break
+		}
+	}
+	ws.Close()
 }
 
 // read is the reader goroutine of a connection.
@@ -591,7 +639,19 @@ func (s *Session) read(ws *websocket.Conn, frames chan<- frame, done <-chan stru
 		}
 		m, err := protocol.Decode(b)
 		if err != nil {
-			s.log.Warn("ignored invalid frame from push server", "err", err)
+			u := undeliverable(b)
+			if u == nil {
+				s.log.Warn("ignored invalid frame from push server", "err", err)
+				continue
+			}
+			// Acked as not deliverable, so that the server drops it instead
+			// of sending it again (and holding the messages behind it).
+			s.log.Warn("acking undecodable notification as not delivered", "channel_id", u.ChannelID, "err", err)
+			select {
+			case frames <- frame{bad: u}:
+			case <-done:
+				return
+			}
 			continue
 		}
 		select {
