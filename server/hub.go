@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -156,6 +157,18 @@ type conn struct {
 type sent struct {
 	seq   int64
 	batch bool // part of a batch of stored messages (drain), not live
+	// early is set while the message, written to the device before its
+	// commit, is being stored (seq is 0 until then).
+	early *earlyMsg
+}
+
+// earlyMsg is a message written to its device while its store commit runs
+// (deliverEarly, then committed).
+type earlyMsg struct {
+	// delivered is set when the device acks it as delivered before the
+	// store writes it: the store then leaves it out (PutOptions.Acked).
+	delivered atomic.Bool
+	acked     bool // guarded by the conn's mu: any ack arrived before committed
 }
 
 // heraldExtensions are the Herald extensions the server names in its hello
@@ -419,7 +432,8 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		c.mu.Lock()
 		for _, u := range m.Updates {
 			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
-			if st, ok := c.unacked[r]; ok {
+			st, ok := c.unacked[r]
+			if ok {
 				c.forget(r, st)
 				c.ackedMax = max(c.ackedMax, st.seq)
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
@@ -430,13 +444,24 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				delete(c.receipts, r)
 				receipts = append(receipts, ackedReceipt{ref: r, receipt: rr, code: u.Code})
 			}
+			if ok && st.early != nil {
+				// Its commit is still running: committed deletes it after
+				// the commit, or the store leaves it out.
+				st.early.acked = true
+				if u.Code == 0 || u.Code == protocol.AckDelivered {
+					st.early.delivered.Store(true)
+				}
+				continue
+			}
 			refs = append(refs, r)
 		}
 		more := c.draining && c.batchLeft == 0
 		c.mu.Unlock()
 		s.metrics.delivered.Add(float64(delivered))
-		if err := s.store.Delete(ctx, c.uaid, refs); err != nil {
-			s.log.Warn("cannot delete acknowledged messages", "err", err)
+		if len(refs) > 0 {
+			if err := s.store.Delete(ctx, c.uaid, refs); err != nil {
+				s.log.Warn("cannot delete acknowledged messages", "err", err)
+			}
 		}
 		if receipts != nil {
 			s.delivered(ctx, c.uaid, receipts)
@@ -714,6 +739,76 @@ func (c *conn) deliver(m *Message) {
 	c.markSent(r, m.Seq, false)
 	c.noteReceipt(r, m)
 	c.mu.Unlock()
+	c.writeNotification(m)
+}
+
+// deliverEarly writes a message that is about to be stored to the device
+// at once, unless the device is busy (stored messages are being sent, or too
+// many are unacknowledged) or m must wait for its commit. The caller stores
+// m with PutOptions.Acked set to the returned message's delivered flag and
+// then calls committed. nil means nothing was written: deliver after the
+// commit as usual.
+func (c *conn) deliverEarly(m *Message) *earlyMsg {
+	r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+	c.mu.Lock()
+	if c.closed || c.draining || len(c.unacked) >= maxUnacked || m.Receipt != "" || c.held(m) {
+		// Receipts and held urgencies take the path after the commit.
+		c.mu.Unlock()
+		return nil
+	}
+	if _, ok := c.unacked[r]; ok {
+		c.mu.Unlock()
+		return nil
+	}
+	e := &earlyMsg{}
+	c.markSent(r, 0, false)
+	c.unacked[r] = sent{early: e}
+	c.mu.Unlock()
+	c.writeNotification(m)
+	return e
+}
+
+// committed ends the early delivery e of m after its store commit: err is
+// the commit's error, stored false when the store left m out (acked first).
+func (c *conn) committed(ctx context.Context, m *Message, e *earlyMsg, stored bool, err error) {
+	r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+	c.mu.Lock()
+	if e.acked {
+		if err == nil && stored {
+			// Acked after the store wrote it: delete it now that it is
+			// committed (a delete queued earlier could run before the
+			// insert). Queued under mu, before ackedMax says so, so a drain
+			// that sees the new ackedMax also waits for this deletion.
+			if derr := c.s.store.Delete(ctx, c.uaid, []Ref{r}); derr != nil {
+				c.s.log.Warn("cannot delete acknowledged message", "err", derr)
+			}
+			c.ackedMax = max(c.ackedMax, m.Seq)
+		}
+		c.mu.Unlock()
+		return
+	}
+	st, ok := c.unacked[r]
+	if ok && st.early == e {
+		if err != nil || !stored {
+			// Not stored (the app server gets an error and may retry): the
+			// device may have it already, the same at-least-once window as
+			// a retry after a lost 201.
+			c.forget(r, st)
+		} else {
+			c.unacked[r] = sent{seq: m.Seq}
+		}
+	}
+	gone := c.closed
+	c.mu.Unlock()
+	if gone && err == nil && stored {
+		// The connection ended before the device acked: hand the stored
+		// message to the device's next connection, if it has one already.
+		c.s.dispatch(ctx, m)
+	}
+}
+
+// writeNotification writes the notification frame of m.
+func (c *conn) writeNotification(m *Message) {
 	bp, _ := c.s.frames.Get().(*[]byte)
 	if bp == nil {
 		bp = new([]byte)

@@ -309,6 +309,9 @@ func (s *PostgresStore) Put(ctx context.Context, m *Message, o PutOptions, now t
 	}
 	plain := !o.ClearPending && !o.Replace && !o.KeepNewerVersion && o.RejectAt == 0
 	if plain {
+		if o.Acked != nil && o.Acked.Load() {
+			return false, 0, nil // delivered and acked already
+		}
 		var n int
 		err := s.pool.QueryRow(ctx, `WITH ins AS (`+pgInsertMessage+`)
 			SELECT seq, (SELECT count(*) FROM messages WHERE uaid = $2 AND chid = $3) + 1 FROM ins`,
@@ -369,6 +372,10 @@ func (s *PostgresStore) Put(ctx context.Context, m *Message, o PutOptions, now t
 				}
 				return &PendingLimitError{Last: last}
 			}
+		}
+		if o.Acked != nil && o.Acked.Load() {
+			stored = false // delivered and acked already
+			return nil
 		}
 		if err := tx.QueryRow(ctx, pgInsertMessage, m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry)).Scan(&m.Seq); err != nil {
 			return err

@@ -601,6 +601,10 @@ func (s *SQLiteStore) Put(ctx context.Context, m *Message, o PutOptions, now tim
 				return &PendingLimitError{Last: last}
 			}
 		}
+		if o.Acked != nil && o.Acked.Load() {
+			stored = false // delivered and acked while waiting for this commit
+			return nil
+		}
 		res, err := st("msgput").Exec(m.ID, m.UAID, m.ChannelID, m.Version, m.Topic, m.Data, headers, ms(m.Expiry))
 		if err != nil {
 			return err

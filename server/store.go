@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -112,6 +113,12 @@ type PutOptions struct {
 	RejectAt int
 	// DropOver > 0 drops the oldest messages of the channel beyond this many.
 	DropOver int
+	// Acked, when not nil, tells whether the device has acknowledged the
+	// message already: it was written to the device while being stored. A
+	// store that finds it true just before it would write the message does
+	// not write it (the device's inbox holds it durably, so there is nothing
+	// left to deliver) and Put returns stored false.
+	Acked *atomic.Bool
 }
 
 // Route says which server node holds a device's websocket.
