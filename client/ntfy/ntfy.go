@@ -488,30 +488,43 @@ func (s *Subscriber) message(ctx context.Context, topics []string, ev event) (st
 		log.Debug("duplicate ntfy message ignored")
 		return false, nil
 	}
-	if len(ev.Attachment) > 0 && string(ev.Attachment) != "null" {
-		log.Warn("ntfy message with an attachment ignored (UnifiedPush messages carry their body)")
+	m, err := decodeMessage(ev)
+	if err != nil {
+		log.Warn("unusable ntfy message ignored", "err", err)
 		s.remember(ev.ID)
 		return false, nil
-	}
-	body := []byte(ev.Message)
-	if ev.Encoding == "base64" {
-		b, err := base64.StdEncoding.DecodeString(ev.Message)
-		if err != nil {
-			log.Warn("ntfy message with bad base64 ignored", "err", err)
-			s.remember(ev.ID)
-			return false, nil
-		}
-		body = b
-	}
-	m := Message{ID: ev.ID, Topic: ev.Topic, Time: time.Unix(ev.Time, 0), Body: body}
-	if ev.Expires > 0 {
-		m.Expires = time.Unix(ev.Expires, 0)
 	}
 	if err := s.cfg.Handler.Receive(ctx, m); err != nil {
 		return false, fmt.Errorf("cannot store ntfy message: %w", err)
 	}
 	s.remember(ev.ID)
 	return true, nil
+}
+
+// decodeMessage turns a message event into a Message: a base64 body
+// ("encoding":"base64") is decoded; a message with an attachment is
+// refused (UnifiedPush bodies are inline).
+func decodeMessage(ev event) (Message, error) {
+	if len(ev.Attachment) > 0 && string(ev.Attachment) != "null" {
+		return Message{}, errors.New("message with an attachment")
+	}
+	body := []byte(ev.Message)
+	switch ev.Encoding {
+	case "":
+	case "base64":
+		b, err := base64.StdEncoding.DecodeString(ev.Message)
+		if err != nil {
+			return Message{}, fmt.Errorf("bad base64 body: %w", err)
+		}
+		body = b
+	default:
+		return Message{}, fmt.Errorf("unknown encoding %q", ev.Encoding)
+	}
+	m := Message{ID: ev.ID, Topic: ev.Topic, Time: time.Unix(ev.Time, 0), Body: body}
+	if ev.Expires > 0 {
+		m.Expires = time.Unix(ev.Expires, 0)
+	}
+	return m, nil
 }
 
 func (s *Subscriber) seen(id string) bool {

@@ -3,6 +3,8 @@ package ntfy
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -416,4 +418,47 @@ func TestTopicsChangeResubscribes(t *testing.T) {
 	r.sub.SetTopics(nil)
 	r.waitState(t, StateIdle)
 	waitUntil(t, "the stream to close", func() bool { return srv.Streams() == 0 })
+}
+
+// FuzzDecodeMessage: any line of the stream decodes or is refused, never
+// panics; a text body is the message verbatim, a base64 body survives a
+// round trip.
+func FuzzDecodeMessage(f *testing.F) {
+	for _, seed := range []string{
+		`{"id":"abcdefABCDEF","time":1700000000,"event":"message","topic":"upAbCdEfGh1234","message":"hello"}`,
+		`{"id":"x","event":"message","topic":"t","message":"AP8QgHg=","encoding":"base64"}`,
+		`{"id":"x","event":"message","topic":"t","message":"AP8","encoding":"base64"}`,
+		`{"id":"x","event":"message","topic":"t","message":"m","attachment":{"name":"a","url":"https://x/a"}}`,
+		`{"id":"x","event":"message","topic":"t","message":"m","encoding":"gzip"}`,
+		`{"id":"x","event":"keepalive","topic":"a,b"}`,
+		`not json`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var ev event
+		if json.Unmarshal(line, &ev) != nil {
+			return
+		}
+		m, err := decodeMessage(ev)
+		if err != nil {
+			return
+		}
+		switch ev.Encoding {
+		case "":
+			if string(m.Body) != ev.Message {
+				t.Fatalf("text body %q, want %q", m.Body, ev.Message)
+			}
+		case "base64":
+			again, err := base64.StdEncoding.DecodeString(base64.StdEncoding.EncodeToString(m.Body))
+			if err != nil || !bytes.Equal(again, m.Body) {
+				t.Fatalf("base64 body does not round-trip")
+			}
+		default:
+			t.Fatalf("encoding %q accepted", ev.Encoding)
+		}
+		if m.ID != ev.ID || m.Topic != ev.Topic {
+			t.Fatalf("id/topic changed")
+		}
+	})
 }
