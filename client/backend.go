@@ -18,10 +18,22 @@ var _ dbusapi.Backend = (*Daemon)(nil)
 // needed) and returns its token. It is idempotent.
 func (d *Daemon) RegisterLomiri(ctx context.Context, appID string) (string, error) {
 	v, err, _ := d.group.Do("lomiri\x00"+appID, func() (any, error) {
+		b, err := d.backendFor(app.KindLomiri)
+		if err != nil {
+			return "", err
+		}
 		r, err := d.st.LomiriRegistration(ctx, appID)
+		if err == nil && r.Backend != b.Name() {
+			// The configuration moved Lomiri apps to another push service:
+			// register there (the app gets its new token from this call).
+			if err := d.drop(ctx, r, false); err != nil {
+				return "", err
+			}
+			err = store.ErrNotFound
+		}
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: appID, Kind: app.KindLomiri, Registered: d.now()}
+			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: appID, Kind: app.KindLomiri, Registered: d.now(), Backend: b.Name()}
 			if err := d.st.PutRegistration(ctx, r); err != nil {
 				return "", err
 			}
@@ -30,14 +42,15 @@ func (d *Daemon) RegisterLomiri(ctx context.Context, appID string) (string, erro
 			return "", err
 		}
 		if r.Endpoint != "" && !r.Stale {
-			return token(r.Endpoint), nil
+			return token(r), nil
 		}
 		ep, err := d.registerChannel(ctx, r)
 		if err != nil {
 			return "", err
 		}
-		d.log.Info("app registered", "app_id", appID, "kind", r.Kind)
-		return token(ep), nil
+		r.Endpoint = ep
+		d.log.Info("app registered", "app_id", appID, "kind", r.Kind, "backend", r.Backend)
+		return token(r), nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("cannot register %s: %w", appID, err)
@@ -45,14 +58,23 @@ func (d *Daemon) RegisterLomiri(ctx context.Context, appID string) (string, erro
 	return v.(string), nil
 }
 
-// registerChannel asks the server for r's endpoint and stores it.
+// registerChannel asks r's backend for its endpoint and stores it: the
+// URL, or for the Lomiri backend the token.
 func (d *Daemon) registerChannel(ctx context.Context, r store.Registration) (string, error) {
-	if d.sess == nil {
-		return "", errNoServer
+	b, ok := d.backends[r.Backend]
+	if !ok {
+		if r.Backend == app.BackendAutopush {
+			return "", errNoServer
+		}
+		return "", fmt.Errorf("%w: the %s backend is not available in this build of heraldd", errUnavailable, r.Backend)
 	}
-	ep, err := d.sess.Register(ctx, r.ChannelID, r.VAPID)
+	e, err := b.Register(ctx, channelOf(r))
 	if err != nil {
-		return "", wrapSession(err)
+		return "", wrapBackend(err)
+	}
+	ep := e.URL
+	if r.Backend == app.BackendLomiri {
+		ep = e.Token
 	}
 	if err := d.st.SetEndpoint(ctx, r.ChannelID, ep); err != nil {
 		return "", err
@@ -82,7 +104,7 @@ func (d *Daemon) drop(ctx context.Context, r store.Registration, requested bool)
 		return err
 	}
 	d.dropReg(r.ChannelID)
-	d.unregisterLater(r.ChannelID)
+	d.unregisterLater(r)
 	d.log.Info("app unregistered", "app_id", r.AppID, "kind", r.Kind)
 	d.tellUnregistered(r, requested)
 	return nil
@@ -166,12 +188,18 @@ func (d *Daemon) SetCounter(ctx context.Context, appID string, count int32, visi
 // key starts over.
 func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistration) (string, error) {
 	v, err, _ := d.group.Do("up\x00"+u.Token, func() (any, error) {
+		b, err := d.backendFor(app.KindUnifiedPush)
+		if err != nil {
+			return "", err
+		}
 		r, err := d.st.UPRegistration(ctx, u.Token)
 		switch {
 		case err == nil && r.Owner != u.Owner:
 			return "", dbusapi.ErrNotOwner
-		case err == nil && (r.Service != u.Service || r.VAPID != u.VAPID):
-			// The owner moved the token to another service, or the key changed: start over.
+		case err == nil && (r.Service != u.Service || r.VAPID != u.VAPID || r.Backend != b.Name()):
+			// The owner moved the token to another service, the key changed
+			// or the configuration moved UnifiedPush apps to another push
+			// service: start over.
 			if err := d.drop(ctx, r, false); err != nil {
 				return "", err
 			}
@@ -179,7 +207,7 @@ func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistrati
 		case errors.Is(err, store.ErrNotFound):
 			r = store.Registration{ChannelID: protocol.NewChannelID(), AppID: u.AppID, Kind: app.KindUnifiedPush,
 				Service: u.Service, UPToken: u.Token, UPVersion: u.Version, VAPID: u.VAPID, Registered: d.now(),
-				Owner: u.Owner, UPInstance: u.Instance, Registrant: u.Registrant}
+				Owner: u.Owner, UPInstance: u.Instance, Registrant: u.Registrant, Backend: b.Name()}
 			if r.AppID == "" {
 				r.AppID = u.Service
 			}
@@ -204,7 +232,7 @@ func (d *Daemon) RegisterUnifiedPush(ctx context.Context, u dbusapi.UPRegistrati
 		if err != nil {
 			return "", err
 		}
-		d.log.Info("app registered", "app_id", r.AppID, "kind", r.Kind, "service", r.Service)
+		d.log.Info("app registered", "app_id", r.AppID, "kind", r.Kind, "service", r.Service, "backend", r.Backend)
 		return ep, nil
 	})
 	if err != nil {
@@ -239,13 +267,6 @@ func (d *Daemon) UnregisterUnifiedPush(ctx context.Context, tok string) error {
 	return d.drop(ctx, r, true)
 }
 
-// Status returns the connection state.
-func (d *Daemon) Status(ctx context.Context) dbusapi.Status {
-	d.statusMu.Lock()
-	defer d.statusMu.Unlock()
-	return d.status
-}
-
 // Registrations lists every registration with its queue depth.
 func (d *Daemon) Registrations(ctx context.Context) ([]dbusapi.Registration, error) {
 	regs, err := d.st.Registrations(ctx)
@@ -259,7 +280,7 @@ func (d *Daemon) Registrations(ctx context.Context) ([]dbusapi.Registration, err
 	out := make([]dbusapi.Registration, 0, len(regs))
 	for _, r := range regs {
 		out = append(out, dbusapi.Registration{
-			AppID: r.AppID, Kind: app.Kind(r.Kind), Endpoint: r.Endpoint, Service: r.Service,
+			AppID: r.AppID, Kind: r.Kind, Backend: r.Backend, Endpoint: r.Endpoint, Service: r.Service,
 			Version: r.UPVersion, Queued: queued[r.AppID], Registered: r.Registered,
 		})
 	}
@@ -313,10 +334,12 @@ func (d *Daemon) Counters(ctx context.Context) (map[string]uint64, error) {
 
 // Reconnect drops the connection and dials again at once.
 func (d *Daemon) Reconnect(ctx context.Context) error {
-	if d.sess == nil {
+	if len(d.backends) == 0 {
 		return errNoServer
 	}
-	d.sess.Reconnect()
+	for _, b := range d.backends {
+		b.Reconnect()
+	}
 	return nil
 }
 

@@ -20,14 +20,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/push"
 	"github.com/heraldpush/herald/client/session"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
@@ -94,15 +97,17 @@ type Options struct {
 
 // Daemon is heraldd's core. It is safe for concurrent use.
 type Daemon struct {
-	cfg   config.Config
-	st    *store.Store
-	proc  Processor
-	pres  Presenter
-	log   *slog.Logger
-	now   func() time.Time
-	sess  *session.Session // nil when no server is configured
-	sem   chan struct{}    // bounds concurrent helper runs
-	group singleflight.Group
+	cfg  config.Config
+	st   *store.Store
+	proc Processor
+	pres Presenter
+	log  *slog.Logger
+	now  func() time.Time
+	// backends are the push services, by name; set before Run (New and
+	// AddBackend), read-only after.
+	backends map[app.Backend]push.Backend
+	sem      chan struct{} // bounds concurrent helper runs
+	group    singleflight.Group
 
 	// ctx is the Run context, set before workers start; workers derive from it.
 	ctx    context.Context
@@ -121,8 +126,8 @@ type Daemon struct {
 	deferred map[string]bool    // apps whose kick waits for the end of a burst
 	flushing *time.Timer        // flushes deferred at the end of a burst
 
-	statusMu sync.Mutex // guards status
-	status   dbusapi.Status
+	connMu sync.Mutex                  // guards conns
+	conns  map[app.Backend]push.Status // each backend's last reported status
 }
 
 type worker struct {
@@ -148,15 +153,15 @@ func New(o Options) *Daemon {
 	}
 	d := &Daemon{
 		cfg: o.Config, st: o.Store, proc: o.Processor, pres: o.Presenter, log: o.Logger, now: o.Now,
-		sem:     make(chan struct{}, conc),
-		regs:    map[string]store.Registration{},
-		workers: map[string]*worker{},
-		status:  dbusapi.Status{State: string(session.StateIdle), Server: o.Config.Server},
+		sem:      make(chan struct{}, conc),
+		regs:     map[string]store.Registration{},
+		workers:  map[string]*worker{},
+		backends: map[app.Backend]push.Backend{},
+		conns:    map[app.Backend]push.Status{},
 	}
 	if o.Config.Server != "" {
 		sc := session.Config{
 			URL:            o.Config.Server,
-			Handler:        (*handler)(d),
 			Logger:         o.Logger.With("part", "session"),
 			PingInterval:   o.Config.PingInterval.Duration,
 			PingGrace:      o.Config.PingGrace.Duration,
@@ -170,9 +175,18 @@ func New(o Options) *Daemon {
 		if o.SessionConfig != nil {
 			o.SessionConfig(&sc)
 		}
-		d.sess = session.New(sc)
+		d.AddBackend(newAutopush(d, sc))
 	}
 	return d
+}
+
+// AddBackend adds a push service (one per name; a second one with the same
+// name replaces the first). Call it before Run; b's Sink is the Daemon.
+func (d *Daemon) AddBackend(b push.Backend) {
+	d.backends[b.Name()] = b
+	d.connMu.Lock()
+	d.conns[b.Name()] = b.Status()
+	d.connMu.Unlock()
 }
 
 // SetBus attaches the D-Bus service (built after the Daemon, as it needs the
@@ -190,10 +204,10 @@ func (d *Daemon) getBus() Bus {
 	return d.bus
 }
 
-// SetOnline tells the session whether the network is up.
+// SetOnline tells every backend whether the network is up.
 func (d *Daemon) SetOnline(v bool) {
-	if d.sess != nil {
-		d.sess.SetOnline(v)
+	for _, b := range d.backends {
+		b.SetOnline(v)
 	}
 }
 
@@ -216,19 +230,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.stop()
 		return err
 	}
-	if d.sess != nil {
-		d.sess.SetWanted(d.registered())
-		err := d.sess.Run(ctx)
-		d.stop()
-		return err
+	d.updateWanted()
+	var g errgroup.Group
+	for _, b := range d.backends {
+		g.Go(func() error {
+			if err := b.Run(ctx); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("%s backend: %w", b.Name(), err)
+			}
+			return nil
+		})
 	}
-	d.setStatus(func(s *dbusapi.Status) {
-		s.State = string(session.StateIdle)
-		s.LastError = "no push server configured"
-	})
+	if len(d.backends) == 0 {
+		d.publishStatus()
+	}
 	<-ctx.Done()
+	err := g.Wait()
 	d.stop()
-	return nil
+	return err
 }
 
 // stop stops taking work and waits for the workers.
@@ -271,30 +289,45 @@ func (d *Daemon) loadRegistrations(ctx context.Context) error {
 	return nil
 }
 
-func (d *Daemon) registered() bool {
+// updateWanted tells each backend whether a registration uses it: one
+// connection per backend that has registrations.
+func (d *Daemon) updateWanted() {
+	d.regMu.Lock()
+	used := map[app.Backend]bool{}
+	for _, r := range d.regs {
+		used[r.Backend] = true
+	}
+	d.regMu.Unlock()
+	for name, b := range d.backends {
+		b.SetWanted(used[name])
+	}
+}
+
+// regsOf returns the registrations on backend b.
+func (d *Daemon) regsOf(b app.Backend) []store.Registration {
 	d.regMu.Lock()
 	defer d.regMu.Unlock()
-	return len(d.regs) > 0
+	var out []store.Registration
+	for _, r := range d.regs {
+		if r.Backend == b {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (d *Daemon) putReg(r store.Registration) {
 	d.regMu.Lock()
 	d.regs[r.ChannelID] = r
-	n := len(d.regs)
 	d.regMu.Unlock()
-	if d.sess != nil {
-		d.sess.SetWanted(n > 0)
-	}
+	d.updateWanted()
 }
 
 func (d *Daemon) dropReg(channelID string) {
 	d.regMu.Lock()
 	delete(d.regs, channelID)
-	n := len(d.regs)
 	d.regMu.Unlock()
-	if d.sess != nil {
-		d.sess.SetWanted(n > 0)
-	}
+	d.updateWanted()
 }
 
 func (d *Daemon) regByChannel(channelID string) (store.Registration, bool) {
@@ -346,7 +379,7 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 			continue
 		}
 		d.dropReg(r.ChannelID)
-		d.unregisterLater(r.ChannelID)
+		d.unregisterLater(r)
 		d.tellUnregistered(r, false)
 	}
 }
@@ -371,21 +404,62 @@ func newMsgID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// token returns the last path element of an endpoint URL.
-func token(endpoint string) string {
+// lastPathElement returns the last path element of an endpoint URL: the
+// token of a Lomiri app registered on an autopush server.
+func lastPathElement(endpoint string) string {
 	if u, err := url.Parse(endpoint); err == nil && u.Path != "" {
 		endpoint = u.Path
 	}
 	return endpoint[strings.LastIndexByte(endpoint, '/')+1:]
 }
 
-func (d *Daemon) setStatus(f func(*dbusapi.Status)) {
-	d.statusMu.Lock()
-	f(&d.status)
-	st := d.status
-	d.statusMu.Unlock()
+// token is the token a Lomiri app gets for r: the Lomiri backend stores its
+// token as the endpoint; an URL endpoint's token is its last path element.
+func token(r store.Registration) string {
+	if r.Backend == app.BackendLomiri {
+		return r.Endpoint
+	}
+	return lastPathElement(r.Endpoint)
+}
+
+// Status is the daemon's connection state for org.herald.Daemon1: the
+// autopush backend's (or, without one, the first connected or the first
+// backend's) State, Server, LastError and ConnectedSince, and every
+// backend's connection.
+func (d *Daemon) Status(ctx context.Context) dbusapi.Status {
+	d.connMu.Lock()
+	conns := make([]push.Status, 0, len(d.conns))
+	for _, c := range d.conns {
+		conns = append(conns, c)
+	}
+	d.connMu.Unlock()
+	slices.SortFunc(conns, func(a, b push.Status) int { return strings.Compare(string(a.Backend), string(b.Backend)) })
+	st := dbusapi.Status{State: string(push.StateIdle), LastError: "no push server configured"}
+	var main *push.Status
+	for i := range conns {
+		c := &conns[i]
+		if c.Backend == app.BackendAutopush || main == nil || (main.Backend != app.BackendAutopush && c.State == push.StateConnected && main.State != push.StateConnected) {
+			main = c
+		}
+		conn := dbusapi.Connection{Backend: string(c.Backend), State: string(c.State), Server: c.Server, LastError: c.LastError}
+		if c.State == push.StateConnected {
+			conn.ConnectedSince = c.Since
+		}
+		st.Connections = append(st.Connections, conn)
+	}
+	if main != nil {
+		st.State, st.Server, st.LastError = string(main.State), main.Server, main.LastError
+		if main.State == push.StateConnected {
+			st.ConnectedSince = main.Since
+		}
+	}
+	return st
+}
+
+// publishStatus sends the current Status to the bus (PropertiesChanged).
+func (d *Daemon) publishStatus() {
 	if bus := d.getBus(); bus != nil {
-		bus.SetStatus(st)
+		bus.SetStatus(d.Status(context.Background()))
 	}
 }
 
@@ -395,73 +469,95 @@ func (d *Daemon) incr(name app.Counter) {
 	}
 }
 
-// handler is the Daemon seen by its session.
-type handler Daemon
+// The Daemon is every backend's Sink.
+var _ push.Sink = (*Daemon)(nil)
 
-func (h *handler) Hello(ctx context.Context) (string, []string, error) {
-	d := (*Daemon)(h)
-	uaid, err := d.st.UAID(ctx)
-	if err != nil {
-		return "", nil, err
+// StateChanged records a backend's status (push.Sink).
+func (d *Daemon) StateChanged(st push.Status) {
+	d.connMu.Lock()
+	old := d.conns[st.Backend]
+	d.conns[st.Backend] = st
+	d.connMu.Unlock()
+	if st.State == push.StateConnected && old.State != push.StateConnected {
+		d.incr(app.CounterConnections)
 	}
-	d.regMu.Lock()
-	var ids []string
-	for id, r := range d.regs {
-		if r.Endpoint != "" && !r.Stale {
-			ids = append(ids, id)
-		}
-	}
-	d.regMu.Unlock()
-	return uaid, ids, nil
+	d.publishStatus()
 }
 
-func (h *handler) Welcome(ctx context.Context, uaid string) error {
-	d := (*Daemon)(h)
-	changed, err := d.st.SetUAID(ctx, uaid)
+// LoadState returns a backend's saved value (push.Sink).
+func (d *Daemon) LoadState(ctx context.Context, b app.Backend, key string) (string, error) {
+	return d.st.BackendState(ctx, b, key)
+}
+
+// SaveState durably saves a backend's value (push.Sink).
+func (d *Daemon) SaveState(ctx context.Context, b app.Backend, key, value string) error {
+	return d.st.SetBackendState(ctx, b, key, value)
+}
+
+// Receive stores a backend's batch in the inbox in one transaction and
+// starts the pipeline of the apps it is for (push.Sink). A message whose
+// channel has no registration on that backend gets push.ErrUnknownChannel.
+func (d *Daemon) Receive(ctx context.Context, b push.Batch) []error {
+	res := make([]error, len(b.Messages))
+	now := d.now()
+	var in []store.Incoming
+	var idx []int
+	for i, m := range b.Messages {
+		r, ok := d.regByChannel(m.ChannelID)
+		if !ok || r.Backend != b.Backend {
+			d.log.Info("message for an unknown channel dropped", "backend", b.Backend, "channel_id", m.ChannelID)
+			res[i] = push.ErrUnknownChannel
+			continue
+		}
+		in = append(in, store.Incoming{MsgID: newMsgID(), AppID: r.AppID, ChannelID: m.ChannelID, Version: m.ServerID,
+			Body: m.Body, Received: now, Expires: m.Expires})
+		idx = append(idx, i)
+	}
+	if len(in) == 0 {
+		return res
+	}
+	dup, err := d.st.Receive(ctx, in)
 	if err != nil {
-		return err
+		d.log.Error("cannot store received messages", "backend", b.Backend, "count", len(in), "err", err)
+		for _, i := range idx {
+			res[i] = fmt.Errorf("%w: %w", push.ErrNotStored, err)
+		}
+		return res
 	}
-	if changed {
-		d.log.Info("push server assigned a new device id; registering every app again")
-		if err := d.loadRegistrations(ctx); err != nil {
-			return err
+	var apps []string
+	for j, m := range in {
+		if dup[j] {
+			d.log.Debug("duplicate message acked again", "channel_id", m.ChannelID)
+			continue
+		}
+		apps = append(apps, m.AppID)
+	}
+	// A draining server's batch is taken in (and acked) first, the pipeline
+	// runs when the burst ends. Other batches are live messages, a few of
+	// which may be read together under load: process them now (during a
+	// burst they join it without extending it).
+	if !d.deferKicks(apps, b.Draining) {
+		for _, a := range apps {
+			d.kick(a)
 		}
 	}
-	var stale []store.Registration
-	d.regMu.Lock()
-	for _, r := range d.regs {
-		if r.Stale && r.Endpoint != "" {
-			stale = append(stale, r)
-		}
-	}
-	d.regMu.Unlock()
-	if len(stale) > 0 {
-		d.goBackground(func(ctx context.Context) { d.reregister(ctx, stale) })
-	}
-	return nil
+	return res
 }
 
 // reregister registers channels the server forgot and tells apps their new
 // endpoints.
 func (d *Daemon) reregister(ctx context.Context, regs []store.Registration) {
 	for _, r := range regs {
-		ep, err := d.sess.Register(ctx, r.ChannelID, r.VAPID)
+		ep, err := d.registerChannel(ctx, r)
 		if err != nil {
-			d.log.Warn("cannot register again", "app_id", r.AppID, "err", err)
+			d.log.Warn("cannot register again", "app_id", r.AppID, "backend", r.Backend, "err", err)
 			continue
 		}
-		if err := d.st.SetEndpoint(ctx, r.ChannelID, ep); err != nil {
-			d.log.Warn("cannot store new endpoint", "app_id", r.AppID, "err", err)
-			continue
-		}
-		changed := r.Endpoint != "" && r.Endpoint != ep
-		r.Endpoint, r.Stale = ep, false
-		d.putReg(r)
-		if !changed {
+		if r.Endpoint == "" || r.Endpoint == ep {
 			continue
 		}
 		d.incr(app.CounterEndpointChanges)
-		d.log.Info("endpoint changed", "app_id", r.AppID, "kind", r.Kind)
+		d.log.Info("endpoint changed", "app_id", r.AppID, "kind", r.Kind, "backend", r.Backend)
 		if r.Kind == app.KindUnifiedPush {
 			if bus := d.getBus(); bus != nil {
 				if err := bus.NewEndpoint(ctx, r.Service, r.UPToken, ep, r.UPVersion); err != nil {
@@ -472,102 +568,55 @@ func (d *Daemon) reregister(ctx context.Context, regs []store.Registration) {
 	}
 }
 
-// unregisterLater tells the server to drop a channel, in the background.
-func (d *Daemon) unregisterLater(channelID string) {
-	if d.sess == nil || !d.sess.Connected() {
-		return // the server's next notification for it gets it unregistered
+// unregisterLater tells r's backend to drop its channel, in the background.
+// A backend that is not connected is not waited for: its server's next
+// message for the channel gets it unregistered.
+func (d *Daemon) unregisterLater(r store.Registration) {
+	b, ok := d.backends[r.Backend]
+	if !ok || b.Status().State != push.StateConnected {
+		return
 	}
 	d.goBackground(func(ctx context.Context) {
-		if err := d.sess.Unregister(ctx, channelID); err != nil {
-			d.log.Debug("cannot unregister channel", "channel_id", channelID, "err", err)
+		if err := b.Unregister(ctx, channelOf(r)); err != nil {
+			d.log.Debug("cannot unregister channel", "backend", r.Backend, "channel_id", r.ChannelID, "err", err)
 		}
 	})
 }
 
-func (h *handler) Receive(ctx context.Context, batch []*protocol.Notification) []int {
-	d := (*Daemon)(h)
-	codes := make([]int, len(batch))
-	now := d.now()
-	var in []store.Incoming
-	var idx []int
-	for i, n := range batch {
-		codes[i] = protocol.AckDelivered
-		r, ok := d.regByChannel(n.ChannelID)
-		if !ok {
-			d.log.Info("message for an unknown channel dropped", "channel_id", n.ChannelID)
-			d.unregisterLater(n.ChannelID)
-			continue
-		}
-		body, err := n.Body()
-		if err != nil { // Decode validated it; keep the guard anyway
-			codes[i] = protocol.AckDecryptError
-			continue
-		}
-		m := store.Incoming{MsgID: newMsgID(), AppID: r.AppID, ChannelID: n.ChannelID, Version: n.Version, Body: body, Received: now}
-		if n.TTL > 0 {
-			m.Expires = now.Add(time.Duration(n.TTL) * time.Second)
-		}
-		in = append(in, m)
-		idx = append(idx, i)
-	}
-	if len(in) == 0 {
-		return codes
-	}
-	dup, err := d.st.Receive(ctx, in)
-	if err != nil {
-		d.log.Error("cannot store received messages", "count", len(in), "err", err)
-		for _, i := range idx {
-			codes[i] = protocol.AckNotDelivered
-		}
-		return codes
-	}
-	var apps []string
-	for j, m := range in {
-		if dup[j] {
-			d.log.Debug("duplicate message acked again", "channel_id", m.ChannelID)
-			continue
-		}
-		apps = append(apps, m.AppID)
-	}
-	// A full batch is the server flushing stored messages (it sends them
-	// protocol.BatchSize at a time): taking them in (and acking) goes first,
-	// the pipeline runs when the burst ends. Smaller batches are live
-	// messages, a few of which may be read together under load: process
-	// them now (during a burst they join it without extending it).
-	if !d.deferKicks(apps, len(batch) >= protocol.BatchSize) {
-		for _, app := range apps {
-			d.kick(app)
-		}
-	}
-	return codes
+func channelOf(r store.Registration) push.Channel {
+	return push.Channel{ID: r.ChannelID, AppID: r.AppID, Kind: r.Kind, VAPID: r.VAPID}
 }
 
-func (h *handler) StateChanged(st session.State, since time.Time, err error) {
-	d := (*Daemon)(h)
-	d.setStatus(func(s *dbusapi.Status) {
-		if st == session.StateConnected && s.State != string(session.StateConnected) {
-			s.ConnectedSince = since
-		} else if st != session.StateConnected {
-			s.ConnectedSince = time.Time{}
+// errUnavailable is returned when the backend a registration needs is not
+// running in this daemon.
+var errUnavailable = errors.New("push service not available")
+
+// backendFor returns the backend that new registrations of kind use: for
+// Lomiri apps the Lomiri push service when [lomiri] is on, else the
+// autopush server; for UnifiedPush apps [unifiedpush] backend.
+func (d *Daemon) backendFor(kind app.Kind) (push.Backend, error) {
+	name := d.cfg.LomiriBackend()
+	if kind == app.KindUnifiedPush {
+		name = d.cfg.UnifiedPush.Backend
+		if name == "" {
+			name = app.BackendAutopush
 		}
-		if st == session.StateConnected && s.State != string(session.StateConnected) {
-			s.LastError = ""
-		}
-		s.State = string(st)
-		if err != nil && st != session.StateConnected {
-			s.LastError = err.Error()
-		}
-	})
-	if st == session.StateConnected {
-		d.incr(app.CounterConnections)
 	}
+	b, ok := d.backends[name]
+	if !ok {
+		if name == app.BackendAutopush {
+			return nil, errNoServer
+		}
+		return nil, fmt.Errorf("%w: the %s backend is not available in this build of heraldd", errUnavailable, name)
+	}
+	return b, nil
 }
 
 // errNoServer is returned when a registration needs a server and none is configured.
 var errNoServer = fmt.Errorf("%w: no push server configured (set server in config.toml)", dbusapi.ErrOffline)
 
-func wrapSession(err error) error {
-	if errors.Is(err, session.ErrNotConnected) {
+func wrapBackend(err error) error {
+	if errors.Is(err, push.ErrNotConnected) {
 		return fmt.Errorf("%w: %w", dbusapi.ErrOffline, err)
 	}
 	return err

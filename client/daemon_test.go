@@ -241,7 +241,7 @@ func TestNewUAIDReregisters(t *testing.T) {
 	if u, _ := r.st.UAID(ctx); u == oldUAID || u == "" {
 		t.Fatalf("uaid not replaced: %q", u)
 	}
-	if reg, err := r.st.LomiriRegistration(ctx, testApp); err != nil || reg.Stale || token(reg.Endpoint) != newTok {
+	if reg, err := r.st.LomiriRegistration(ctx, testApp); err != nil || reg.Stale || token(reg) != newTok {
 		t.Fatalf("stored registration = %+v, %v", reg, err)
 	}
 	ts.push(t, newTok, `"after"`, 60)
@@ -367,7 +367,7 @@ func TestUnifiedPushRedelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := "\x00\x01binary\xff"
-	ts.push(t, token(ep), body, 60)
+	ts.push(t, lastPathElement(ep), body, 60)
 	var got []dbusapi.UPMessage
 	for len(got) < 2 {
 		select {

@@ -45,10 +45,11 @@ type UPRegistration struct {
 type Registration struct {
 	AppID      string
 	Kind       app.Kind
-	Endpoint   string // full push endpoint URL
-	Service    string // UnifiedPush connector bus name
-	Version    int    // UnifiedPush interface version
-	Queued     int    // messages queued for the app, not yet taken
+	Backend    app.Backend // the push service it lives on
+	Endpoint   string      // full push endpoint URL
+	Service    string      // UnifiedPush connector bus name
+	Version    int         // UnifiedPush interface version
+	Queued     int         // messages queued for the app, not yet taken
 	Registered time.Time
 }
 
@@ -63,6 +64,17 @@ type InboxEntry struct {
 
 // Status is the daemon's connection state.
 type Status struct {
+	State          string // offline, idle, connecting, connected, backoff
+	Server         string
+	LastError      string
+	ConnectedSince time.Time // zero when not connected
+	// Connections is every push service backend's connection.
+	Connections []Connection
+}
+
+// Connection is one push service backend's connection.
+type Connection struct {
+	Backend        string // autopush, lomiri, ntfy
 	State          string // offline, idle, connecting, connected, backoff
 	Server         string
 	LastError      string

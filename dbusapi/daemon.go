@@ -26,6 +26,7 @@ func (s *Service) daemonIface() *iface {
 				out = append(out, map[string]dbus.Variant{
 					"app_id":     dbus.MakeVariant(r.AppID),
 					"kind":       dbus.MakeVariant(string(r.Kind)),
+					"backend":    dbus.MakeVariant(string(r.Backend)),
 					"endpoint":   dbus.MakeVariant(r.Endpoint),
 					"service":    dbus.MakeVariant(r.Service),
 					"version":    dbus.MakeVariant(int32(r.Version)),
@@ -75,6 +76,23 @@ func (s *Service) daemonIface() *iface {
 				counters = map[string]uint64{}
 			}
 			return []any{counters}, nil
+		}},
+		&member{name: "ListConnections", in: []string{""}, out: "aa{sv}", handle: func(ctx context.Context, c *call) ([]any, error) {
+			if err := s.authorizeAdmin(ctx, c); err != nil {
+				return nil, err
+			}
+			st := s.backend.Status(ctx)
+			out := make([]map[string]dbus.Variant, 0, len(st.Connections))
+			for _, cn := range st.Connections {
+				out = append(out, map[string]dbus.Variant{
+					"backend":         dbus.MakeVariant(cn.Backend),
+					"state":           dbus.MakeVariant(cn.State),
+					"server":          dbus.MakeVariant(cn.Server),
+					"last_error":      dbus.MakeVariant(cn.LastError),
+					"connected_since": dbus.MakeVariant(unixOrZero(cn.ConnectedSince)),
+				})
+			}
+			return []any{out}, nil
 		}},
 		&member{name: "Reconnect", in: []string{""}, handle: func(ctx context.Context, c *call) ([]any, error) {
 			if err := s.authorizeAdmin(ctx, c); err != nil {

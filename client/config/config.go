@@ -47,6 +47,11 @@ type Config struct {
 	Durability string `toml:"durability"`
 	// Lomiri is the [lomiri] table: the Lomiri push service backend.
 	Lomiri LomiriConfig `toml:"lomiri"`
+	// Ntfy is the [ntfy] table: the ntfy backend.
+	Ntfy NtfyConfig `toml:"ntfy"`
+	// UnifiedPush is the [unifiedpush] table: which backend UnifiedPush
+	// apps register with.
+	UnifiedPush UnifiedPushConfig `toml:"unifiedpush"`
 	// AppArmorFS is the AppArmor securityfs directory (default
 	// /sys/kernel/security/apparmor): when it exists, AppArmor is enabled and
 	// click helpers run under their profile through aa-exec.
@@ -248,6 +253,9 @@ func (c *Config) Validate() error {
 	case "full", "normal":
 	default:
 		return fmt.Errorf("invalid durability %q: want full or normal", c.Durability)
+	}
+	if err := c.validateBackends(); err != nil {
+		return err
 	}
 	return c.validateLomiri()
 }

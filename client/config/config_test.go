@@ -11,6 +11,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/heraldpush/herald/app"
 )
 
 func TestReadEnv(t *testing.T) {
@@ -216,4 +218,48 @@ func FuzzConfig(f *testing.F) {
 			t.Fatalf("round trip changed the config (-first +second):\n%s", diff)
 		}
 	})
+}
+
+func TestBackendTables(t *testing.T) {
+	tests := []struct {
+		name, toml string
+		want       app.Backend // [unifiedpush] backend after validation; "" = error
+	}{
+		{"default", "", app.BackendAutopush},
+		{"autopush", "[unifiedpush]\nbackend = \"autopush\"\n", app.BackendAutopush},
+		{"ntfy", "[ntfy]\nurl = \"https://ntfy.example\"\ntoken = \"tk\"\n[unifiedpush]\nbackend = \"ntfy\"\n", app.BackendNtfy},
+		{"ntfy basic auth", "[ntfy]\nurl = \"http://127.0.0.1:1\"\nuser = \"u\"\npassword = \"p\"\n", app.BackendAutopush},
+		{"ntfy without url", "[unifiedpush]\nbackend = \"ntfy\"\n", ""},
+		{"unknown backend", "[unifiedpush]\nbackend = \"gcm\"\n", ""},
+		{"ntfy bad url", "[ntfy]\nurl = \"ws://x\"\n", ""},
+		{"ntfy credentials in url", "[ntfy]\nurl = \"https://u:p@ntfy.example\"\n", ""},
+		{"ntfy token and user", "[ntfy]\nurl = \"https://ntfy.example\"\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n", ""},
+		{"ntfy user without password", "[ntfy]\nurl = \"https://ntfy.example\"\nuser = \"u\"\n", ""},
+		{"ntfy credentials without url", "[ntfy]\ntoken = \"t\"\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "config.toml")
+			if err := os.WriteFile(path, []byte(tt.toml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := LoadConfig(Env{StateHome: dir, ConfigHome: dir}, path, slog.New(slog.DiscardHandler), nil)
+			if tt.want == "" {
+				if err == nil {
+					t.Fatalf("LoadConfig accepted %q", tt.toml)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.UnifiedPush.Backend != tt.want {
+				t.Errorf("[unifiedpush] backend = %q, want %q", cfg.UnifiedPush.Backend, tt.want)
+			}
+			if cfg.LomiriBackend() != app.BackendAutopush {
+				t.Errorf("Lomiri apps use %q without [lomiri], want autopush", cfg.LomiriBackend())
+			}
+		})
+	}
 }

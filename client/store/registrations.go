@@ -30,14 +30,17 @@ type Registration struct {
 	UPInstance string
 	// Registrant is the bus connection that registered it ("<bus id>/<unique name>").
 	Registrant string
+	// Backend is the push service the channel lives on ("" is stored as
+	// app.BackendAutopush).
+	Backend app.Backend
 }
 
-const regColumns = "channel_id, app_id, kind, endpoint, service, up_token, up_version, vapid, stale, registered, owner, up_instance, registrant"
+const regColumns = "channel_id, app_id, kind, endpoint, service, up_token, up_version, vapid, stale, registered, owner, up_instance, registrant, backend"
 
 func scanRegistration(sc interface{ Scan(...any) error }) (Registration, error) {
 	var r Registration
 	var reg int64
-	err := sc.Scan(&r.ChannelID, &r.AppID, &r.Kind, &r.Endpoint, &r.Service, &r.UPToken, &r.UPVersion, &r.VAPID, &r.Stale, &reg, &r.Owner, &r.UPInstance, &r.Registrant)
+	err := sc.Scan(&r.ChannelID, &r.AppID, &r.Kind, &r.Endpoint, &r.Service, &r.UPToken, &r.UPVersion, &r.VAPID, &r.Stale, &reg, &r.Owner, &r.UPInstance, &r.Registrant, &r.Backend)
 	r.Registered = fromMilli(reg)
 	return r, err
 }
@@ -51,14 +54,22 @@ func (s *Store) PutRegistration(ctx context.Context, r Registration) error {
 	if _, err := app.ParseID(r.AppID); err != nil {
 		return fmt.Errorf("cannot store registration: %w", err)
 	}
+	switch r.Backend {
+	case "":
+		r.Backend = app.BackendAutopush
+	case app.BackendAutopush, app.BackendLomiri, app.BackendNtfy:
+	default:
+		return fmt.Errorf("cannot store registration of %q: invalid backend %q", r.AppID, r.Backend)
+	}
 	if r.Registered.IsZero() {
 		r.Registered = time.Now()
 	}
-	_, err := s.exec(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"+
+	_, err := s.exec(ctx, "INSERT INTO registrations("+regColumns+") VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"+
 		" ON CONFLICT(channel_id) DO UPDATE SET app_id = excluded.app_id, kind = excluded.kind, endpoint = excluded.endpoint,"+
 		" service = excluded.service, up_token = excluded.up_token, up_version = excluded.up_version, vapid = excluded.vapid,"+
-		" stale = excluded.stale, registered = excluded.registered, owner = excluded.owner, up_instance = excluded.up_instance, registrant = excluded.registrant",
-		r.ChannelID, r.AppID, r.Kind, r.Endpoint, r.Service, r.UPToken, r.UPVersion, r.VAPID, r.Stale, unixMilli(r.Registered), r.Owner, r.UPInstance, r.Registrant)
+		" stale = excluded.stale, registered = excluded.registered, owner = excluded.owner, up_instance = excluded.up_instance, registrant = excluded.registrant,"+
+		" backend = excluded.backend",
+		r.ChannelID, r.AppID, r.Kind, r.Endpoint, r.Service, r.UPToken, r.UPVersion, r.VAPID, r.Stale, unixMilli(r.Registered), r.Owner, r.UPInstance, r.Registrant, r.Backend)
 	if err != nil {
 		return fmt.Errorf("cannot store registration of %q: %w", r.AppID, err)
 	}

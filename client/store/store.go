@@ -22,7 +22,7 @@ import (
 )
 
 // SchemaVersion is the user_version this package writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // ErrNewerSchema is returned by Open for a database written by a newer version.
 var ErrNewerSchema = errors.New("database schema is newer than this program")
@@ -93,6 +93,11 @@ CREATE TABLE counters (
 ALTER TABLE registrations ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 ALTER TABLE registrations ADD COLUMN up_instance TEXT NOT NULL DEFAULT '';
 ALTER TABLE registrations ADD COLUMN registrant TEXT NOT NULL DEFAULT '';
+`,
+	// 3: the backend (push service) each registration lives on; every
+	// registration before was on the autopush backend.
+	`
+ALTER TABLE registrations ADD COLUMN backend TEXT NOT NULL DEFAULT 'autopush';
 `,
 }
 
@@ -240,10 +245,10 @@ func (s *Store) UAID(ctx context.Context) (string, error) {
 	return v, nil
 }
 
-// SetUAID stores a new uaid. When it differs from the stored one, every
-// registration with an endpoint is marked stale in the same transaction: the
-// server forgot them and they must be registered again. It reports whether
-// the uaid changed.
+// SetUAID stores a new uaid of the autopush backend. When it differs from
+// the stored one, every autopush registration is marked stale in the same
+// transaction: the server forgot them and they must be registered again. It
+// reports whether the uaid changed.
 func (s *Store) SetUAID(ctx context.Context, uaid string) (changed bool, err error) {
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		var old string
@@ -258,13 +263,39 @@ func (s *Store) SetUAID(ctx context.Context, uaid string) (changed bool, err err
 		if _, err := tx.ExecContext(ctx, "INSERT INTO state(key, value) VALUES('uaid', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", uaid); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, "UPDATE registrations SET stale = 1")
+		_, err = tx.ExecContext(ctx, "UPDATE registrations SET stale = 1 WHERE backend = ?", app.BackendAutopush)
 		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("cannot store uaid: %w", err)
 	}
 	return changed, nil
+}
+
+// backendStatePrefix namespaces the values backends keep in the state table.
+const backendStatePrefix = "backend/"
+
+// BackendState returns the value a backend saved under key ("" when none).
+func (s *Store) BackendState(ctx context.Context, b app.Backend, key string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, "SELECT value FROM state WHERE key = ?", backendStatePrefix+string(b)+"/"+key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s state %q: %w", b, key, err)
+	}
+	return v, nil
+}
+
+// SetBackendState durably saves a backend's value under key.
+func (s *Store) SetBackendState(ctx context.Context, b app.Backend, key, value string) error {
+	_, err := s.exec(ctx, "INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+		backendStatePrefix+string(b)+"/"+key, value)
+	if err != nil {
+		return fmt.Errorf("cannot save %s state %q: %w", b, key, err)
+	}
+	return nil
 }
 
 func unixMilli(t time.Time) int64 {

@@ -384,3 +384,73 @@ func TestInvalidAppIDRefused(t *testing.T) {
 		t.Errorf("refused registrations were stored: %+v", regs)
 	}
 }
+
+// TestMigrateRegistrationBackend: a version 2 database's registrations are
+// on the autopush backend after the migration to version 3.
+func TestMigrateRegistrationBackend(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "herald.db")
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range migrations[:2] {
+		if _, err := db.Exec(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(`PRAGMA user_version = 2; INSERT INTO registrations(channel_id, app_id, kind, registered) VALUES('c1', 'pkg_app', 'lomiri', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s := open(t, path)
+	r, err := s.RegistrationByChannel(ctx, "c1")
+	if err != nil || r.Backend != app.BackendAutopush || r.AppID != "pkg_app" {
+		t.Fatalf("migrated registration = %+v, %v; want backend autopush", r, err)
+	}
+}
+
+// TestNewUAIDMarksOnlyAutopushStale: a new uaid is the autopush server
+// forgetting its channels, not the other backends'.
+func TestNewUAIDMarksOnlyAutopushStale(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "herald.db"))
+	for _, r := range []Registration{
+		{ChannelID: "c1", AppID: "pkg_app", Kind: app.KindLomiri, Endpoint: "x"},
+		{ChannelID: "c2", AppID: "org.example.Up", Kind: app.KindUnifiedPush, UPToken: "t", Endpoint: "y", Backend: app.BackendNtfy},
+	} {
+		if err := s.PutRegistration(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.SetUAID(ctx, "0123456789abcdef0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.RegistrationByChannel(ctx, "c1")
+	n, _ := s.RegistrationByChannel(ctx, "c2")
+	if !a.Stale || n.Stale || n.Backend != app.BackendNtfy {
+		t.Fatalf("after a new uaid: autopush %+v, ntfy %+v; want only the autopush one stale", a, n)
+	}
+	if err := s.PutRegistration(ctx, Registration{ChannelID: "c3", AppID: "pkg_app2", Kind: app.KindLomiri, Backend: "carrier-pigeon"}); err == nil {
+		t.Error("unknown backend stored")
+	}
+}
+
+func TestBackendState(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "herald.db"))
+	if v, err := s.BackendState(ctx, app.BackendNtfy, "last_id"); err != nil || v != "" {
+		t.Fatalf("unset state = %q, %v", v, err)
+	}
+	for _, v := range []string{"a", "b"} {
+		if err := s.SetBackendState(ctx, app.BackendNtfy, "last_id", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := s.BackendState(ctx, app.BackendNtfy, "last_id"); err != nil || v != "b" {
+		t.Fatalf("state = %q, %v; want b", v, err)
+	}
+	if v, _ := s.BackendState(ctx, app.BackendLomiri, "last_id"); v != "" {
+		t.Fatalf("another backend's state leaked: %q", v)
+	}
+}

@@ -60,13 +60,24 @@ type daemonStatus struct {
 	LastError      string            `json:"last_error,omitempty"`
 	ConnectedSince int64             `json:"connected_since,omitempty"`
 	Uptime         string            `json:"connection_uptime,omitempty"`
+	Connections    []connection      `json:"connections"`
 	Registrations  []registration    `json:"registrations"`
 	Counters       map[string]uint64 `json:"counters"`
+}
+
+// connection is one push service backend's connection.
+type connection struct {
+	Backend        string `json:"backend"`
+	State          string `json:"state"`
+	Server         string `json:"server"`
+	LastError      string `json:"last_error,omitempty"`
+	ConnectedSince int64  `json:"connected_since,omitempty"`
 }
 
 type registration struct {
 	AppID      string `json:"app_id"`
 	Kind       string `json:"kind"`
+	Backend    string `json:"backend"`
 	Endpoint   string `json:"endpoint"`
 	Service    string `json:"service,omitempty"`
 	Version    int32  `json:"version,omitempty"`
@@ -97,12 +108,27 @@ func getStatus(ctx context.Context, conn *dbus.Conn) (*daemonStatus, error) {
 		var x registration
 		x.AppID, _ = r["app_id"].Value().(string)
 		x.Kind, _ = r["kind"].Value().(string)
+		x.Backend, _ = r["backend"].Value().(string)
 		x.Endpoint, _ = r["endpoint"].Value().(string)
 		x.Service, _ = r["service"].Value().(string)
 		x.Version, _ = r["version"].Value().(int32)
 		x.Queued, _ = r["queued"].Value().(int32)
 		x.Registered, _ = r["registered"].Value().(int64)
 		st.Registrations = append(st.Registrations, x)
+	}
+	var conns []map[string]dbus.Variant
+	if err := obj.CallWithContext(ctx, dbusapi.DaemonIface+".ListConnections", 0).Store(&conns); err != nil {
+		return nil, explain(err)
+	}
+	st.Connections = []connection{}
+	for _, c := range conns {
+		var x connection
+		x.Backend, _ = c["backend"].Value().(string)
+		x.State, _ = c["state"].Value().(string)
+		x.Server, _ = c["server"].Value().(string)
+		x.LastError, _ = c["last_error"].Value().(string)
+		x.ConnectedSince, _ = c["connected_since"].Value().(int64)
+		st.Connections = append(st.Connections, x)
 	}
 	if err := obj.CallWithContext(ctx, dbusapi.DaemonIface+".Counters", 0).Store(&st.Counters); err != nil {
 		return nil, explain(err)
@@ -148,12 +174,25 @@ func statusCmd() *command {
 				fmt.Fprintf(w, "last error:\t%s\n", st.LastError)
 			}
 			w.Flush()
+			fmt.Fprintf(e.stdout, "\nconnections: %d\n", len(st.Connections))
+			if len(st.Connections) > 0 {
+				w = tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "  BACKEND\tSTATE\tSERVER\tSINCE\tLAST ERROR")
+				for _, c := range st.Connections {
+					since := "-"
+					if c.ConnectedSince > 0 {
+						since = time.Unix(c.ConnectedSince, 0).Format(time.DateTime)
+					}
+					fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", c.Backend, c.State, c.Server, since, c.LastError)
+				}
+				w.Flush()
+			}
 			fmt.Fprintf(e.stdout, "\nregistrations: %d\n", len(st.Registrations))
 			if len(st.Registrations) > 0 {
 				w = tabwriter.NewWriter(e.stdout, 2, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "  APP\tKIND\tQUEUED\tREGISTERED")
+				fmt.Fprintln(w, "  APP\tKIND\tBACKEND\tQUEUED\tREGISTERED")
 				for _, r := range st.Registrations {
-					fmt.Fprintf(w, "  %s\t%s\t%d\t%s\n", r.AppID, r.Kind, r.Queued, time.Unix(r.Registered, 0).Format(time.DateTime))
+					fmt.Fprintf(w, "  %s\t%s\t%s\t%d\t%s\n", r.AppID, r.Kind, r.Backend, r.Queued, time.Unix(r.Registered, 0).Format(time.DateTime))
 				}
 				w.Flush()
 			}

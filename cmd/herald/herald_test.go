@@ -246,8 +246,12 @@ func TestWithDaemon(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &st); r.code != 0 || err != nil {
 		t.Fatalf("status --json = %+v (%v)", r, err)
 	}
-	if len(st.Registrations) != 1 || st.Registrations[0].Queued != 1 {
+	if len(st.Registrations) != 1 || st.Registrations[0].Queued != 1 || st.Registrations[0].Backend != "autopush" {
 		t.Fatalf("status registrations = %+v", st.Registrations)
+	}
+	if len(st.Connections) != 1 || st.Connections[0].Backend != "autopush" || st.Connections[0].State != "connected" ||
+		st.Connections[0].Server != srv.URL() || st.Connections[0].ConnectedSince == 0 {
+		t.Fatalf("status connections = %+v, want the autopush backend connected", st.Connections)
 	}
 	if st.State != "connected" || st.Server != srv.URL() || st.Registrations[0].AppID != "com.example.cli_cli" || st.Counters["messages_received"] != 1 {
 		t.Fatalf("status = %+v", st)
@@ -257,7 +261,8 @@ func TestWithDaemon(t *testing.T) {
 		t.Fatalf("inbox = %+v", r)
 	}
 	r = runCLI(t, env, "status")
-	if r.code != 0 || !strings.Contains(r.stdout, "connected") || !strings.Contains(r.stdout, "com.example.cli_cli") {
+	if r.code != 0 || !strings.Contains(r.stdout, "connected") || !strings.Contains(r.stdout, "com.example.cli_cli") ||
+		!strings.Contains(r.stdout, "connections: 1") {
 		t.Fatalf("status = %+v", r)
 	}
 	env["XDG_CONFIG_HOME"] = filepath.Join(home, "config")

@@ -58,6 +58,7 @@ func TestImportRules(t *testing.T) {
 		{pkg: "helpers", allowed: vocab},
 		{pkg: "notifications", allowed: vocab},
 		{pkg: "client/store", allowed: vocab},
+		{pkg: "client/push", allowed: vocab, banned: []string{sqlite, websocket}},
 		{pkg: "client/config", allowed: []string{"app", "client/lomiri", "protocol/lomiri"}, banned: []string{sqlite, websocket}},
 		{pkg: "client/session", allowed: []string{"app", "protocol"}},
 		{pkg: "client/lomiri", allowed: []string{"app", "protocol/lomiri"}},
