@@ -108,6 +108,12 @@ var pgMigrations = []string{
 // a pgxpool connection; it has no background writer.
 type PostgresStore struct {
 	pool *pgxpool.Pool
+	// acks is a small pool whose sessions commit without waiting for the
+	// WAL flush (synchronous_commit off): deleting acknowledged messages
+	// needs no durability, a deletion lost in a crash of PostgreSQL only
+	// delivers the message again (at least once; devices dedup). Its
+	// commits are visible at once like any other.
+	acks *pgxpool.Pool
 
 	mu     sync.Mutex
 	closed bool
@@ -135,7 +141,15 @@ func OpenPostgres(ctx context.Context, url string) (*PostgresStore, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &PostgresStore{pool: pool}, nil
+	acfg := cfg.Copy()
+	acfg.MaxConns = max(2, cfg.MaxConns/4)
+	acfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	acks, err := pgxpool.NewWithConfig(ctx, acfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("cannot connect to the database: %w", err)
+	}
+	return &PostgresStore{pool: pool, acks: acks}, nil
 }
 
 // PostgresSchemaVersion is the schema version this server brings.
@@ -188,6 +202,7 @@ func (s *PostgresStore) Close() error {
 	if !s.closed {
 		s.closed = true
 		s.pool.Close()
+		s.acks.Close()
 	}
 	return nil
 }
@@ -448,7 +463,7 @@ func (s *PostgresStore) PendingBeyondAcks(ctx context.Context, uaid string, afte
 }
 
 // Delete implements Store: one statement for the whole ack frame, committed
-// before it returns.
+// (visible to every node, not yet flushed) before it returns.
 func (s *PostgresStore) Delete(ctx context.Context, uaid string, refs []Ref) error {
 	if len(refs) == 0 {
 		return nil
@@ -458,7 +473,7 @@ func (s *PostgresStore) Delete(ctx context.Context, uaid string, refs []Ref) err
 	for i, r := range refs {
 		chids[i], versions[i] = r.ChannelID, r.Version
 	}
-	_, err := s.pool.Exec(ctx, `DELETE FROM messages WHERE uaid = $1
+	_, err := s.acks.Exec(ctx, `DELETE FROM messages WHERE uaid = $1
 		AND (chid, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, uaid, chids, versions)
 	return s.wrap("cannot delete acknowledged messages", err)
 }

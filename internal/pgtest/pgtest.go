@@ -65,9 +65,19 @@ func version(binDir string) int {
 	return v
 }
 
+// Options tune a cluster.
+type Options struct {
+	// Durable keeps PostgreSQL's default durability (fsync, synchronous
+	// commit, full page writes), for benchmarks; tests turn it off.
+	Durable bool
+}
+
 // Start initialises and starts a cluster. Settings favour speed over
 // durability (fsync off): the cluster lives only as long as a test.
-func Start() (*Cluster, error) {
+func Start() (*Cluster, error) { return StartWith(Options{}) }
+
+// StartWith is Start with options.
+func StartWith(o Options) (*Cluster, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -96,9 +106,11 @@ func Start() (*Cluster, error) {
 	if c.Port, err = freePort(); err != nil {
 		return fail(err)
 	}
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(c.Port), "-k", dir,
-		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=200", "-c", "shared_buffers=32MB")
+	args := []string{"-D", data, "-p", strconv.Itoa(c.Port), "-k", dir, "-c", "listen_addresses=", "-c", "max_connections=200"}
+	if !o.Durable {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "shared_buffers=32MB")
+	}
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), args...)
 	c.cmd.Dir = dir
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	logf, err := os.Create(c.Log)
@@ -169,6 +181,10 @@ func freePort() (int, error) {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Pid returns the process id of the postmaster (the parent of every
+// PostgreSQL process of the cluster).
+func (c *Cluster) Pid() int { return c.cmd.Process.Pid }
 
 // URL returns the connection URL of database db.
 func (c *Cluster) URL(db string) string {

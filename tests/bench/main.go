@@ -53,14 +53,16 @@ type figure struct {
 
 func figures() []figure {
 	return []figure{
-		{"e2e_latency", benchE2ELatency},             // e2e.go
-		{"server_latency", benchServerLatency},       // server.go
-		{"server_throughput", benchServerThroughput}, // server.go
-		{"server_idle_conn", benchServerIdleConn},    // server.go
-		{"daemon_idle", benchDaemonIdle},             // daemon.go: RSS + wakeups
-		{"wire_bytes", benchWireBytes},               // daemon.go
-		{"reconnect_drain", benchReconnectDrain},     // daemon.go
-		{"helper_throughput", benchHelperThroughput}, // helpers.go
+		{"e2e_latency", benchE2ELatency},                    // e2e.go
+		{"server_latency", benchServerLatency},              // server.go
+		{"server_throughput", benchServerThroughput},        // server.go
+		{"server_throughput_pg1", benchServerThroughputPG1}, // pg.go
+		{"server_throughput_pg2", benchServerThroughputPG2}, // pg.go
+		{"server_idle_conn", benchServerIdleConn},           // server.go
+		{"daemon_idle", benchDaemonIdle},                    // daemon.go: RSS + wakeups
+		{"wire_bytes", benchWireBytes},                      // daemon.go
+		{"reconnect_drain", benchReconnectDrain},            // daemon.go
+		{"helper_throughput", benchHelperThroughput},        // helpers.go
 	}
 }
 

@@ -37,11 +37,16 @@ type benchServer struct {
 // off on a sqlite database in env.Tmp, with extra arguments, and waits for its
 // "listening on" line.
 func startBenchServer(ctx context.Context, env *Env, extra ...string) (*benchServer, error) {
+	return startBenchServerDB(ctx, env, filepath.Join(env.Tmp, "herald-server.db"), extra...)
+}
+
+// startBenchServerDB is startBenchServer on db (a file or a postgres URL).
+func startBenchServerDB(ctx context.Context, env *Env, db string, extra ...string) (*benchServer, error) {
 	bin := filepath.Join(env.Bin, "herald-server")
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("no herald-server binary (run make build): %w", err)
 	}
-	args := []string{"--listen", "127.0.0.1:0", "--db", filepath.Join(env.Tmp, "herald-server.db"), "--log-level", "warn"}
+	args := []string{"--listen", "127.0.0.1:0", "--db", db, "--log-level", "warn"}
 	args = append(args, unlimitedArgs(bin)...)
 	cmd := exec.CommandContext(ctx, bin, append(args, extra...)...)
 	cmd.Stderr = os.Stderr
@@ -124,7 +129,12 @@ func (s *benchServer) rss() (int64, error) {
 
 // cpu returns the CPU time (user+system) the server process has used.
 func (s *benchServer) cpu() (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	return procCPU(s.cmd.Process.Pid)
+}
+
+// procCPU returns the CPU time (user+system) process pid has used.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}
@@ -366,12 +376,6 @@ func dialMany(ctx context.Context, addr string, n, par int, register bool) ([]*b
 }
 
 func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error) {
-	const (
-		devices    = 1000
-		publishers = 128
-		window     = 10 * time.Second
-		drainMax   = 10 * time.Second
-	)
 	var extra []string
 	var pprofAddr string
 	if env.CPUProfile != "" {
@@ -385,16 +389,60 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 		return nil, err
 	}
 	defer srv.stop()
-	devs, err := dialMany(ctx, srv.addr, devices, 64, true)
+	t, err := throughput(ctx, env, []*benchServer{srv}, nil, pprofAddr)
 	if err != nil {
 		return nil, err
 	}
+	return []Result{
+		{Name: "server_throughput_msgs_per_s", Label: "server: delivered+acked msgs/s (1,000 devices, durable)", Value: t.delRate,
+			Unit: "msgs/s", Target: 25000, Note: t.note},
+		{Name: "server_accepted_msgs_per_s", Label: "server: accepted (201) msgs/s", Value: t.accRate,
+			Unit: "msgs/s", Target: 25000, Note: "same run"},
+		{Name: "server_cpu_us_per_msg", Label: "server: CPU per delivered message", Value: t.cpuPerMsg,
+			Unit: "µs", Target: 40, Lower: true, Note: "same run: user+system CPU of herald-server / messages delivered and acked"},
+	}, nil
+}
+
+// throughputRun is what one throughput measurement found.
+type throughputRun struct {
+	acc, del         int64
+	accRate, delRate float64
+	cpuPerMsg        float64 // µs of all nodes per delivered message
+	note             string
+}
+
+// throughput connects 1,000 devices spread over nodes (in equal parts) and
+// has 128 publishers post to the nodes in turn, so that with several nodes
+// most messages reach their device through another node. extra, when set,
+// is called before (false) and after (true) the window and what it returns
+// after is added to the note. With pprofAddr, the first node's CPU profile
+// is fetched in the middle of the window.
+func throughput(ctx context.Context, env *Env, nodes []*benchServer, extra func(done bool) string, pprofAddr string) (throughputRun, error) {
+	const (
+		devices    = 1000
+		publishers = 128
+		window     = 10 * time.Second
+		drainMax   = 10 * time.Second
+	)
+	var run throughputRun
+	var devs []*benchDevice
 	defer func() {
 		for _, d := range devs {
 			d.ws.Close()
 		}
 	}()
-	env.Logf("server_throughput: %d devices connected", devices)
+	for i, n := range nodes {
+		count := devices / len(nodes)
+		if i == len(nodes)-1 {
+			count += devices % len(nodes)
+		}
+		ds, err := dialMany(ctx, n.addr, count, 64, true)
+		if err != nil {
+			return run, err
+		}
+		devs = append(devs, ds...)
+	}
+	env.Logf("throughput: %d devices connected to %d node(s)", len(devs), len(nodes))
 
 	// Devices ack every notification as it arrives. A message counts once
 	// its publisher got 201 (with its id in Location) and its device acked
@@ -428,16 +476,27 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 		})
 	}
 
-	paths := make([]string, devices)
+	paths := make([]string, len(devs))
 	for i, d := range devs {
 		u, err := url.Parse(d.endpoint)
 		if err != nil {
-			return nil, err
+			return run, err
 		}
 		paths[i] = u.Path
 	}
 	body := bytes.Repeat([]byte("x"), 100)
-	srvCPU0, _ := srv.cpu()
+	cpuAll := func() time.Duration {
+		var sum time.Duration
+		for _, n := range nodes {
+			c, _ := n.cpu()
+			sum += c
+		}
+		return sum
+	}
+	srvCPU0 := cpuAll()
+	if extra != nil {
+		extra(false)
+	}
 	genCPU0 := selfCPU()
 	start := time.Now()
 	pubCtx, stopPub := context.WithTimeout(ctx, window)
@@ -451,19 +510,20 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 	}
 	var pubs sync.WaitGroup
 	var next atomic.Int64
-	for range publishers {
+	for j := range publishers {
+		addr := nodes[j%len(nodes)].addr
 		pubs.Go(func() {
 			// One keep-alive HTTP/1.1 connection per publisher, written and
 			// read in this goroutine (net/http's client adds two goroutine
 			// hops per request). A request begun is always finished.
-			p, err := dialPublisher(ctx, srv.addr)
+			p, err := dialPublisher(ctx, addr)
 			if err != nil {
 				failed.Add(1)
 				return
 			}
 			defer func() { p.close() }()
 			for pubCtx.Err() == nil {
-				id, status, err := p.post(paths[int(next.Add(1))%devices], body)
+				id, status, err := p.post(paths[int(next.Add(1))%len(paths)], body)
 				switch {
 				case err != nil:
 					failed.Add(1)
@@ -475,7 +535,7 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 				}
 				if err != nil || p.dead {
 					p.close()
-					if p, err = dialPublisher(ctx, srv.addr); err != nil {
+					if p, err = dialPublisher(ctx, addr); err != nil {
 						failed.Add(1)
 						return
 					}
@@ -497,8 +557,12 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 		time.Sleep(20 * time.Millisecond) // polling a counter, not waiting for an event
 	}
 	del := tr.both.Load()
-	srvCPU1, _ := srv.cpu()
+	srvCPU1 := cpuAll()
 	genCPU := selfCPU() - genCPU0
+	extraNote := ""
+	if extra != nil {
+		extraNote = extra(true)
+	}
 	ackElapsed := time.Duration(tr.last.Load() - start.UnixNano())
 	if ackElapsed < pubElapsed {
 		ackElapsed = pubElapsed
@@ -508,22 +572,17 @@ func benchServerThroughput(ctx context.Context, env *Env) (_ []Result, err error
 	}
 	readers.Wait()
 	if acc == 0 {
-		return nil, fmt.Errorf("no message accepted (%d failed)", failed.Load())
+		return run, fmt.Errorf("no message accepted (%d failed)", failed.Load())
 	}
-	accRate := float64(acc) / pubElapsed.Seconds()
-	delRate := float64(del) / ackElapsed.Seconds()
+	run.acc, run.del = acc, del
+	run.accRate = float64(acc) / pubElapsed.Seconds()
+	run.delRate = float64(del) / ackElapsed.Seconds()
 	// CPU per message is steadier than the rate on a shared machine.
 	perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(max(del, 1)) }
-	note := fmt.Sprintf("%d devices, %d publishers, %s: %d accepted (%.0f/s), %d delivered+acked in %.1fs, %d failed; CPU/msg: server %.0f µs, load generator %.0f µs",
-		devices, publishers, window, acc, accRate, del, ackElapsed.Seconds(), failed.Load(), perMsg(srvCPU1-srvCPU0), perMsg(genCPU))
-	return []Result{
-		{Name: "server_throughput_msgs_per_s", Label: "server: delivered+acked msgs/s (1,000 devices, durable)", Value: delRate,
-			Unit: "msgs/s", Target: 25000, Note: note},
-		{Name: "server_accepted_msgs_per_s", Label: "server: accepted (201) msgs/s", Value: accRate,
-			Unit: "msgs/s", Target: 25000, Note: "same run"},
-		{Name: "server_cpu_us_per_msg", Label: "server: CPU per delivered message", Value: perMsg(srvCPU1 - srvCPU0),
-			Unit: "µs", Target: 40, Lower: true, Note: "same run: user+system CPU of herald-server / messages delivered and acked"},
-	}, nil
+	run.cpuPerMsg = perMsg(srvCPU1 - srvCPU0)
+	run.note = fmt.Sprintf("%d devices on %d node(s), %d publishers, %s: %d accepted (%.0f/s), %d delivered+acked in %.1fs, %d failed; CPU/msg: server %.0f µs (all nodes), load generator %.0f µs%s",
+		len(devs), len(nodes), publishers, window, acc, run.accRate, del, ackElapsed.Seconds(), failed.Load(), run.cpuPerMsg, perMsg(genCPU), extraNote)
+	return run, nil
 }
 
 // benchServerIdleConn opens 19,000 idle device websockets (the server and
