@@ -478,7 +478,8 @@ func (s *PostgresStore) Delete(ctx context.Context, uaid string, refs []Ref) err
 	return s.wrap("cannot delete acknowledged messages", err)
 }
 
-// Attempted implements Store: one statement, committed before it returns.
+// Attempted implements Store: one statement on the asynchronous-commit pool
+// (a count lost in a crash of PostgreSQL only allows one attempt more).
 func (s *PostgresStore) Attempted(ctx context.Context, uaid string, refs []Ref) error {
 	if len(refs) == 0 {
 		return nil
@@ -488,7 +489,7 @@ func (s *PostgresStore) Attempted(ctx context.Context, uaid string, refs []Ref) 
 	for i, r := range refs {
 		chids[i], versions[i] = r.ChannelID, r.Version
 	}
-	_, err := s.pool.Exec(ctx, `UPDATE messages SET attempts = attempts + 1 WHERE uaid = $1
+	_, err := s.acks.Exec(ctx, `UPDATE messages SET attempts = attempts + 1 WHERE uaid = $1
 		AND (chid, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))`, uaid, chids, versions)
 	return s.wrap("cannot count delivery attempts", err)
 }

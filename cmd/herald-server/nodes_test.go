@@ -83,7 +83,7 @@ func TestTwoNodesKill(t *testing.T) {
 	}
 	d = connect(t, b, d.uaid)
 	want := map[string]bool{"unacked on A": true, "while away": true}
-	for range want {
+	for range len(want) {
 		n := d.notification(t)
 		if !want[body(n)] {
 			t.Fatalf("unexpected or repeated %q", body(n))
