@@ -93,6 +93,13 @@ func (d *Daemon) UnregisterLomiri(ctx context.Context, appID string) error {
 	if err != nil {
 		return fmt.Errorf("cannot unregister %s: %w", appID, err)
 	}
+	if b, ok := d.backends[r.Backend]; ok && r.Backend == app.BackendLomiri {
+		// As upstream: the server revokes the token before the answer
+		// (it needs no connection, only its HTTP API).
+		if err := b.Unregister(ctx, channelOf(r)); err != nil {
+			return fmt.Errorf("cannot unregister %s: %w", appID, wrapBackend(err))
+		}
+	}
 	return d.drop(ctx, r, true)
 }
 

@@ -177,6 +177,13 @@ func New(o Options) *Daemon {
 		}
 		d.AddBackend(newAutopush(d, sc))
 	}
+	if o.Config.Lomiri.Use {
+		if lb, err := newLomiriBackend(d, o.Config.Lomiri); err != nil {
+			d.log.Error("lomiri backend cannot start", "err", err)
+		} else {
+			d.AddBackend(lb)
+		}
+	}
 	return d
 }
 

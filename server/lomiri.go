@@ -180,17 +180,8 @@ func (c *lconn) poke(ch chan struct{}) {
 	}
 }
 
-func (c *lconn) debug(dir string, frame []byte) {
-	c.s.log.Debug("lomiri frame", "dir", dir, "device", redact(c.dev), "frame", redactFrame(frame))
-}
-
-// redactFrame shortens payloads of a frame for the debug log.
-func redactFrame(frame []byte) string {
-	const max = 300
-	if len(frame) <= max {
-		return string(frame)
-	}
-	return string(frame[:max]) + "…"
+func (c *lconn) debug(dir string, m lomiri.Message) {
+	c.s.log.Debug("lomiri frame", "dir", dir, "device", redact(c.dev), "frame", lomiri.Describe(m))
 }
 
 func (c *lconn) write(m lomiri.Message) error {
@@ -198,7 +189,7 @@ func (c *lconn) write(m lomiri.Message) error {
 	if err != nil {
 		return err
 	}
-	c.debug(">>", b)
+	c.debug(">>", m)
 	c.wbuf, err = lomiri.AppendFrame(c.wbuf[:0], b)
 	if err != nil {
 		return err
@@ -252,7 +243,7 @@ func (c *lconn) run() {
 		return
 	}
 	c.dev = cm.DeviceId
-	c.debug("<<", frame)
+	c.debug("<<", cm)
 	c.uaid = LomiriUAIDPrefix + cm.DeviceId
 	c.info = cm.Info
 	c.levels = cm.Levels
@@ -324,9 +315,9 @@ func (c *lconn) read(br *bufio.Reader) {
 	for {
 		frame, err := lomiri.ReadFrame(br, 4<<10)
 		if err == nil {
-			c.debug("<<", frame)
 			var m lomiri.Message
 			if m, err = lomiri.Decode(frame); err == nil {
+				c.debug("<<", m)
 				select {
 				case c.in <- m:
 					continue

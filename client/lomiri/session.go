@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -388,6 +386,8 @@ func (s *Session) connect(ctx context.Context) (healthy bool, err error) {
 		s.log.Debug("cannot dial lomiri delivery host", "host", h, "err", err)
 	}
 	if nc == nil {
+		// Ask for the hosts again next time: the server may have moved.
+		s.hosts.reset()
 		return false, fmt.Errorf("cannot reach any delivery host: %w", err)
 	}
 	tc := s.tls.Clone()
@@ -508,7 +508,7 @@ func (s *Session) write(conn net.Conn, m wire.Message) error {
 	if err != nil {
 		return err
 	}
-	s.log.Debug("lomiri frame", "dir", ">>", "frame", describe(m, b))
+	s.log.Debug("lomiri frame", "dir", ">>", "frame", wire.Describe(m))
 	if err := wire.WriteFrame(conn, b); err != nil {
 		return fmt.Errorf("cannot send %s: %w", m.Type(), err)
 	}
@@ -524,44 +524,6 @@ func (s *Session) read(br *bufio.Reader) (wire.Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.log.Debug("lomiri frame", "dir", "<<", "frame", describe(m, f))
+	s.log.Debug("lomiri frame", "dir", "<<", "frame", wire.Describe(m))
 	return m, nil
-}
-
-// describe renders a frame for the debug log with secrets and payloads
-// redacted: the device id and cookie are shortened, each payload is shown
-// by its size.
-func describe(m wire.Message, raw []byte) string {
-	switch m := m.(type) {
-	case *wire.Connect:
-		c := *m
-		c.DeviceId = redact(c.DeviceId)
-		c.Cookie = redact(c.Cookie)
-		b, _ := json.Marshal(struct {
-			T string
-			wire.Connect
-		}{wire.TypeConnect, c})
-		return string(b)
-	case *wire.Notifications:
-		parts := make([]string, 0, len(m.Notifications))
-		for _, n := range m.Notifications {
-			parts = append(parts, fmt.Sprintf(`{"A":%q,"M":%q,"P":<%d bytes>}`, n.AppID, n.MsgID, len(n.Payload)))
-		}
-		return `{"T":"notifications","Notifications":[` + strings.Join(parts, ",") + `]}`
-	case *wire.Broadcast:
-		return fmt.Sprintf(`{"T":"broadcast","ChanId":%q,"TopLevel":%d,"Payloads":<%d>}`, m.ChanId, m.TopLevel, len(m.Payloads))
-	case *wire.SetParams:
-		return `{"T":"setparams","SetCookie":"` + redact(m.SetCookie) + `"}`
-	}
-	return string(raw)
-}
-
-func redact(s string) string {
-	if s == "" {
-		return ""
-	}
-	if len(s) <= 4 {
-		return "…"
-	}
-	return s[:4] + "…"
 }

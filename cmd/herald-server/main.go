@@ -227,7 +227,6 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		logger.Info("serving lomiri devices", "listen", lln.Addr().String(), "hosts", strings.Join(lhosts, "|"), "domain", ldomain)
-		fmt.Fprintf(o.stdout, "lomiri listening on %s\n", lln.Addr())
 	}
 	if o.pprof != "" {
 		pln, err := net.Listen("tcp", o.pprof)
@@ -246,6 +245,9 @@ func run(ctx context.Context, o options) error {
 	}
 	logger.Info("herald-server started", "listen", ln.Addr().String(), "public_url", public, "db", dbForLog(db), "node_url", nodeURL)
 	fmt.Fprintf(o.stdout, "listening on %s\n", ln.Addr())
+	if lln != nil {
+		fmt.Fprintf(o.stdout, "lomiri listening on %s\n", lln.Addr())
+	}
 	if o.notifyReady != nil {
 		o.notifyReady()
 	}

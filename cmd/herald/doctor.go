@@ -2,19 +2,23 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/lomiri"
 	"github.com/heraldpush/herald/helpers"
 )
 
@@ -94,11 +98,26 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 	st, err := getStatus(ctx, conn)
 	add("heraldd running", err, "systemctl --user enable --now heraldd")
 	if err == nil {
-		var cerr error
-		if st.State != "connected" && len(st.Registrations) > 0 {
-			cerr = fmt.Errorf("state %s (%s)", st.State, st.LastError)
+		if len(st.Connections) == 0 {
+			var cerr error
+			if st.State != "connected" && len(st.Registrations) > 0 {
+				cerr = fmt.Errorf("state %s (%s)", st.State, st.LastError)
+			}
+			add("heraldd connection ("+st.State+")", cerr, "check the network and the server; 'herald status' shows the last error")
 		}
-		add("heraldd connection ("+st.State+")", cerr, "check the network and the server; 'herald status' shows the last error")
+		for _, c := range st.Connections {
+			apps := 0
+			for _, r := range st.Registrations {
+				if r.Backend == c.Backend {
+					apps++
+				}
+			}
+			var cerr error
+			if c.State != "connected" && apps > 0 {
+				cerr = fmt.Errorf("state %s (%s)", c.State, c.LastError)
+			}
+			add(fmt.Sprintf("heraldd %s connection (%s, %d apps)", c.Backend, c.State, apps), cerr, "check the network and the server; 'herald status' shows the last error")
+		}
 		finder := helpers.NewFinder(helpers.Dirs{DataHome: env.DataHome, DataDirs: env.DataDirs, LomiriDataHome: env.DataHome,
 			LegacyDirs: []string{"/usr/lib/lomiri-push-service/legacy-helpers"}}, quiet)
 		for _, r := range st.Registrations {
@@ -138,11 +157,20 @@ func pushServers(ctx context.Context, cfg config.Config) []check {
 		return check{name, checkAutopush(ctx, cfg.Server), "check the network and the URL; 'herald status' shows the daemon's last error"}
 	}
 	out = append(out, autopush("UnifiedPush apps"))
-	if cfg.Lomiri.Use {
-		out = append(out, check{"Lomiri apps: Lomiri push service " + cfg.Lomiri.RegistrationURL, checkHTTP(ctx, cfg.Lomiri.RegistrationURL),
-			"check the network and [lomiri] registration_url"})
+	if l := cfg.Lomiri; l.Use {
+		from := l.Source
+		if l.Source == config.LomiriFromUpstream && l.Upstream != nil {
+			from += " " + l.Upstream.Path
+		}
+		out = append(out, check{"Lomiri apps: Lomiri push service " + l.Addr + ", registration " + l.RegistrationURL + " (from " + from + ")",
+			errors.Join(checkLomiri(ctx, l), checkHTTP(ctx, l.RegistrationURL)),
+			"check the network, and addr, registration_url and cert_pem_file in [lomiri] (or in the lomiri-push-service config.json named)"})
 	} else {
-		out = append(out, autopush("Lomiri apps"))
+		name := "Lomiri apps"
+		if l.Upstream != nil {
+			name += " (lomiri-push-service config " + l.Upstream.Path + " ignored: [lomiri] enabled = false)"
+		}
+		out = append(out, autopush(name))
 	}
 	return out
 }
@@ -227,3 +255,38 @@ func checkStore(path string) error {
 
 // sqliteMagic starts every sqlite 3 database file.
 const sqliteMagic = "SQLite format 3\x00"
+
+// checkLomiri checks that the Lomiri push service's delivery hosts can be
+// found: GET addr for a hosts URL, else a TCP dial of the first host.
+func checkLomiri(ctx context.Context, l config.LomiriConfig) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if !strings.HasPrefix(l.Addr, "http") {
+		host, _, _ := strings.Cut(l.Addr, "|")
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return fmt.Errorf("cannot reach %s: %w", host, err)
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.Addr, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := lomiri.HTTPClient(l.CertPEM, 10*time.Second).Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %w", l.Addr, err)
+	}
+	defer resp.Body.Close()
+	var hosts struct {
+		Hosts []string `json:"hosts"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", l.Addr, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&hosts); err != nil || len(hosts.Hosts) == 0 {
+		return fmt.Errorf("%s answered no delivery hosts", l.Addr)
+	}
+	return nil
+}

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -457,4 +458,43 @@ func SplitBroadcast(b *Broadcast) []*Broadcast {
 		flush(len(b.Payloads))
 	}
 	return parts
+}
+
+// Describe renders a message for a debug log with secrets and payloads
+// redacted: the device id and cookie are shortened, each payload is shown
+// by its size.
+func Describe(m Message) string {
+	switch m := m.(type) {
+	case *Connect:
+		c := *m
+		c.DeviceId = redact(c.DeviceId)
+		c.Cookie = redact(c.Cookie)
+		b, _ := Encode(&c)
+		return string(b)
+	case *Notifications:
+		parts := make([]string, 0, len(m.Notifications))
+		for _, n := range m.Notifications {
+			parts = append(parts, fmt.Sprintf(`{"A":%q,"M":%q,"P":<%d bytes>}`, n.AppID, n.MsgID, len(n.Payload)))
+		}
+		return `{"T":"notifications","Notifications":[` + strings.Join(parts, ",") + `]}`
+	case *Broadcast:
+		return fmt.Sprintf(`{"T":"broadcast","ChanId":%q,"TopLevel":%d,"Payloads":<%d>}`, m.ChanId, m.TopLevel, len(m.Payloads))
+	case *SetParams:
+		return `{"T":"setparams","SetCookie":"` + redact(m.SetCookie) + `"}`
+	}
+	b, err := Encode(m)
+	if err != nil {
+		return `{"T":"` + m.Type() + `"}`
+	}
+	return string(b)
+}
+
+func redact(s string) string {
+	if s == "" {
+		return ""
+	}
+	if len(s) <= 4 {
+		return "…"
+	}
+	return s[:4] + "…"
 }

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/heraldpush/herald/internal/harness"
+	"github.com/heraldpush/herald/internal/testcert"
 )
 
 // chaosPlan says how much chaos TestChaos causes. CI runs the short plan;
@@ -35,7 +38,14 @@ type chaosMsg struct {
 // killed with SIGKILL and the connection between them is cut, and checks
 // that every message the server answered 201 for reaches its app exactly
 // once, in order per app, and that expired messages never do.
-func TestChaos(t *testing.T) {
+func TestChaos(t *testing.T) { runChaos(t, false) }
+
+// TestChaosLomiri is TestChaos with Lomiri-backend apps: heraldd's [lomiri]
+// table points at herald-server's Lomiri listener (TLS, through a proxy
+// that the cuts break), and the app server posts to /notify.
+func TestChaosLomiri(t *testing.T) { runChaos(t, true) }
+
+func runChaos(t *testing.T, lomiriBackend bool) {
 	plan := planFromEnv()
 	// The sender is faster than the server's default per-token rate limit;
 	// while heraldd is down, more than the default 100 messages per channel
@@ -43,11 +53,35 @@ func TestChaos(t *testing.T) {
 	// and dozens of failures within a minute would grow the redial backoff to
 	// minutes (by design, tested in client/session). None of that is what
 	// this test is about.
-	w := newWorld(t, worldOptions{
+	o := worldOptions{
 		proxy:      true,
 		serverArgs: []string{"--rate-limit-token", "0", "--rate-limit-ip", "0", "--max-pending", "100000"},
 		config:     "reconnect_max = \"2s\"\n",
-	})
+	}
+	var lproxy *harness.Proxy
+	if lomiriBackend {
+		cert, err := testcert.New("push.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := cert.Write(dir); err != nil {
+			t.Fatal(err)
+		}
+		laddr := freePort(t)
+		if lproxy, err = harness.StartProxy(laddr); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lproxy.Close)
+		o.proxy = false
+		o.serverArgs = append(o.serverArgs, "--notify-max-pending", "100000",
+			"--lomiri-listen", laddr, "--lomiri-cert", cert.CertFile, "--lomiri-key", cert.KeyFile, "--lomiri-hosts", lproxy.Addr)
+		o.configFor = func(httpBase string) string {
+			return fmt.Sprintf("[lomiri]\naddr = %q\nregistration_url = %q\ncert_pem_file = %q\ndevice_id = \"chaos\"\n",
+				httpBase+"/delivery-hosts", httpBase, cert.CertFile)
+		}
+	}
+	w := newWorld(t, o)
 	const apps = 5
 	appIDs := make([]string, apps)
 	tokens := make([]string, apps)
@@ -71,7 +105,17 @@ func TestChaos(t *testing.T) {
 		nextSeq[app]++
 		mu.Unlock()
 		body, _ := json.Marshal(chaosMsg{App: app, Seq: seq, Expired: expired})
-		status, err := w.pushWeb(tokens[app], body, ttl, nil)
+		var status int
+		var err error
+		if lomiriBackend {
+			var data json.RawMessage = body
+			status, _, err = w.pushLomiri(appIDs[app], tokens[app], data, time.Now().Add(time.Duration(ttl)*time.Second))
+			if status == 200 {
+				status = 201 // /notify's "stored"
+			}
+		} else {
+			status, err = w.pushWeb(tokens[app], body, ttl, nil)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -176,7 +220,11 @@ func TestChaos(t *testing.T) {
 			}
 		case "cut":
 			did.cuts++
-			did.cutConns += w.proxy.Cut()
+			if lproxy != nil {
+				did.cutConns += lproxy.Cut()
+			} else {
+				did.cutConns += w.proxy.Cut()
+			}
 		}
 		if err := collect(); err != nil {
 			t.Fatal(err)
@@ -247,7 +295,11 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	summary := fmt.Sprintf("chaos: %d messages sent to %d apps (%d answered 201, %d unanswered or 5xx, refused %v), %d expiring; "+
+	kind := "autopush"
+	if lomiriBackend {
+		kind = "lomiri"
+	}
+	summary := fmt.Sprintf("chaos ("+kind+" backend): %d messages sent to %d apps (%d answered 201, %d unanswered or 5xx, refused %v), %d expiring; "+
 		"heraldd SIGKILLed %d times, herald-server SIGKILLed %d times, connection cut %d times (%d live connections); "+
 		"received %d: duplicates %d, out of order %d, expired delivered %d, unknown %d",
 		plan.messages, apps, mustTotal, maybeTotal, refused, did.expired, did.daemonKills, did.serverKills, did.cuts, did.cutConns,

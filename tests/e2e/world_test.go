@@ -43,6 +43,8 @@ type worldOptions struct {
 	// server replaces herald-server as heraldd's --server ("none": no
 	// --server flag at all).
 	server string
+	// configFor, when set, makes config.toml from the server's HTTP base URL.
+	configFor func(httpBase string) string
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -67,6 +69,9 @@ func newWorld(t *testing.T, o worldOptions) *world {
 		}
 	})
 	target := srv.URL()
+	if o.configFor != nil {
+		o.config = o.configFor(srv.HTTP())
+	}
 	if o.proxy {
 		p, err := harness.StartProxy(srv.Addr)
 		if err != nil {
