@@ -154,10 +154,11 @@ func (d *Daemon) Post(ctx context.Context, appID string, payload []byte) error {
 
 // PopAll returns and removes appID's queued messages, oldest first.
 func (d *Daemon) PopAll(ctx context.Context, appID string) ([]string, error) {
-	msgs, err := d.st.PopAll(ctx, appID, d.now())
+	msgs, refs, err := d.st.PopAllRefs(ctx, appID, d.now())
 	if err != nil {
 		return nil, err
 	}
+	d.appTook(refs)
 	out := make([]string, len(msgs))
 	for i, m := range msgs {
 		out[i] = string(m)

@@ -167,6 +167,7 @@ func New(o Options) *Daemon {
 			PingGrace:      o.Config.PingGrace.Duration,
 			RequestTimeout: o.Config.RequestTimeout.Duration,
 			Compression:    o.Config.Compression,
+			CheckTimeout:   o.Config.Urgency.ResumeCheckTimeout.Duration,
 			Backoff:        session.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute},
 		}
 		if sc.Backoff.Min <= 0 || sc.Backoff.Max <= 0 {

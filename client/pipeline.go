@@ -330,6 +330,10 @@ func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt t
 			return time.Time{}
 		}
 		if err == nil && acked {
+			if r.UPVersion >= 2 {
+				// Connector2 answers: the app itself has taken the message.
+				d.appTook([]store.Ref{{ChannelID: m.ChannelID, Version: m.Version}})
+			}
 			if err := d.st.Done(ctx, m.Seq, app.CounterMessagesDelivered); err != nil && !errors.Is(err, store.ErrNotFound) {
 				d.log.Error("cannot record delivery", "app_id", r.AppID, "err", err)
 				return d.now().Add(redeliverMin)

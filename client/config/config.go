@@ -52,6 +52,9 @@ type Config struct {
 	// UnifiedPush is the [unifiedpush] table: which backend UnifiedPush
 	// apps register with.
 	UnifiedPush UnifiedPushConfig `toml:"unifiedpush"`
+	// Urgency is the [urgency] table: the lowest urgency wanted by device
+	// state, and the resume check.
+	Urgency UrgencyConfig `toml:"urgency"`
 	// AppArmorFS is the AppArmor securityfs directory (default
 	// /sys/kernel/security/apparmor): when it exists, AppArmor is enabled and
 	// click helpers run under their profile through aa-exec.
@@ -113,6 +116,7 @@ func DefaultConfig() Config {
 		Durability:        "full",
 		AppArmorFS:        "/sys/kernel/security/apparmor",
 		Lomiri:            defaultLomiri(),
+		Urgency:           defaultUrgency(),
 	}
 }
 
@@ -253,6 +257,9 @@ func (c *Config) Validate() error {
 	case "full", "normal":
 	default:
 		return fmt.Errorf("invalid durability %q: want full or normal", c.Durability)
+	}
+	if err := c.Urgency.validate(); err != nil {
+		return err
 	}
 	if err := c.validateBackends(); err != nil {
 		return err

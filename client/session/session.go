@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -79,6 +80,9 @@ type Config struct {
 	Backoff Backoff
 	// Compression asks for permessage-deflate.
 	Compression bool
+	// CheckTimeout is how long the pong of a resume check (Check) may take
+	// before the connection is replaced (zero: DefaultCheckTimeout).
+	CheckTimeout time.Duration
 	// Dial opens the websocket; nil uses a gorilla dialer. Tests inject it.
 	Dial func(ctx context.Context, url string) (*websocket.Conn, error)
 	// Rand returns a uniform integer in [0, n) for the backoff jitter;
@@ -121,6 +125,7 @@ type Session struct {
 	reconnect bool       // Reconnect was asked
 	conn      *conn      // the current connection, nil when none
 	ready     chan struct{}
+	ext       extState // Herald extensions and the resume check
 }
 
 // New returns a Session; Run starts it.
@@ -139,6 +144,9 @@ func New(cfg Config) *Session {
 	}
 	if cfg.AckDelay == 0 {
 		cfg.AckDelay = DefaultAckDelay
+	}
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = DefaultCheckTimeout
 	}
 	if cfg.Backoff == (Backoff{}) {
 		cfg.Backoff = DefaultBackoff
@@ -204,6 +212,13 @@ func (s *Session) Reconnect() {
 	s.reconnect = true
 	s.mu.Unlock()
 	s.wake()
+}
+
+// redialNow makes the Run loop dial again without a backoff wait.
+func (s *Session) redialNow() {
+	s.mu.Lock()
+	s.reconnect = true
+	s.mu.Unlock()
 }
 
 // Run dials and serves connections until ctx ends. It closes the current
@@ -330,7 +345,8 @@ func (s *Session) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	hello, err := protocol.Encode(&protocol.Hello{UAID: uaid, ChannelIDs: channels, UseWebPush: true})
+	urgency := s.helloUrgency()
+	hello, err := protocol.Encode(&protocol.Hello{UAID: uaid, ChannelIDs: channels, UseWebPush: true, Urgency: urgency})
 	if err != nil {
 		return err
 	}
@@ -354,6 +370,7 @@ func (s *Session) connect(ctx context.Context) error {
 	if err := s.cfg.Handler.Welcome(ctx, h.UAID); err != nil {
 		return err
 	}
+	s.welcomed(h, urgency)
 	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{})}
 	s.mu.Lock()
 	s.conn = c
@@ -387,6 +404,15 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		}
 		return err
 	})
+	// A resume check is answered by a pong (or any frame); a read that fails
+	// meanwhile means the connection was dead: redial at once.
+	var checking atomic.Bool
+	ws.SetPongHandler(func(string) error {
+		checking.Store(false)
+		_ = ws.SetReadDeadline(s.deadline())
+		return nil
+	})
+	s.wake() // send what the extensions have waiting
 	frames := make(chan frame, protocol.BatchSize*2)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.read(ws, frames, c.done) })
@@ -463,6 +489,18 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 				s.wake()
 				return errors.New("reconnect requested")
 			}
+			msgs, check := s.extFrames()
+			for _, m := range msgs {
+				if err := write(m); err != nil {
+					return err
+				}
+			}
+			if check {
+				if err := s.startCheck(ws, &checking); err != nil {
+					s.redialNow()
+					return fmt.Errorf("connection check failed: %w", err)
+				}
+			}
 		case r := <-c.reqs:
 			var id string
 			switch m := r.msg.(type) {
@@ -481,8 +519,13 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			}
 		case f := <-frames:
 			if f.err != nil {
+				if checking.Load() {
+					s.log.Info("push server connection was dead; replacing it", "err", f.err)
+					s.redialNow()
+				}
 				return f.err
 			}
+			checking.Store(false) // a frame came: the connection works
 			if f.bad != nil {
 				if err := queueAcks([]protocol.Update{*f.bad}); err != nil {
 					return err

@@ -324,7 +324,21 @@ func (s *Store) Done(ctx context.Context, seq int64, counter app.Counter) error 
 // transaction. Queued messages behind a message still in the pipeline wait
 // for it, so that the app gets them in arrival order. Messages expired at now are removed but not returned.
 func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]byte, error) {
+	out, _, err := s.PopAllRefs(ctx, appID, now)
+	return out, err
+}
+
+// Ref names a message by the (channel id, version) its server gave it.
+type Ref struct {
+	ChannelID string
+	Version   string
+}
+
+// PopAllRefs is PopAll that also returns the (channel id, version) of each
+// returned message, in the same order.
+func (s *Store) PopAllRefs(ctx context.Context, appID string, now time.Time) ([][]byte, []Ref, error) {
 	var out [][]byte
+	var refs []Ref
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		// Only the queued messages older than every message still in the
 		// pipeline: the app sees its messages in arrival order.
@@ -336,7 +350,7 @@ func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]by
 		if limit < 0 {
 			limit = math.MaxInt64
 		}
-		rows, err := tx.QueryContext(ctx, "SELECT seq, expires, message FROM inbox WHERE app_id = ? AND step = 'queued' AND seq < ? ORDER BY seq", appID, limit)
+		rows, err := tx.QueryContext(ctx, "SELECT seq, expires, message, channel_id, version FROM inbox WHERE app_id = ? AND step = 'queued' AND seq < ? ORDER BY seq", appID, limit)
 		if err != nil {
 			return err
 		}
@@ -345,7 +359,8 @@ func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]by
 		for rows.Next() {
 			var seq, exp int64
 			var msg []byte
-			if err := rows.Scan(&seq, &exp, &msg); err != nil {
+			var ref Ref
+			if err := rows.Scan(&seq, &exp, &msg, &ref.ChannelID, &ref.Version); err != nil {
 				rows.Close()
 				return err
 			}
@@ -355,6 +370,7 @@ func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]by
 				continue
 			}
 			out = append(out, msg)
+			refs = append(refs, ref)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -382,7 +398,7 @@ func (s *Store) PopAll(ctx context.Context, appID string, now time.Time) ([][]by
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cannot take queued messages of %q: %w", appID, err)
+		return nil, nil, fmt.Errorf("cannot take queued messages of %q: %w", appID, err)
 	}
-	return out, nil
+	return out, refs, nil
 }

@@ -95,7 +95,10 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 			return nil
 		}
 		defer sys.Close()
-		return client.WatchNetwork(gctx, sys, d.SetOnline, logger)
+		var sg errgroup.Group
+		sg.Go(func() error { return client.WatchNetwork(gctx, sys, d.SetOnline, logger) })
+		sg.Go(func() error { return watchDevice(gctx, sys, cfg.Urgency, d, logger) })
+		return sg.Wait()
 	})
 	notify(logger, sddaemon.SdNotifyReady)
 	logger.Info("heraldd ready", "server", cfg.Server, "state_dir", cfg.StateDir)
@@ -170,4 +173,22 @@ func (b statusBus) SetStatus(st dbusapi.Status) {
 		status += " (" + st.LastError + ")"
 	}
 	_, _ = sddaemon.SdNotify(false, status)
+}
+
+// watchDevice tells the daemon the lowest urgency its device state wants
+// (battery, metered network) and when the system resumed from suspend.
+func watchDevice(ctx context.Context, sys *dbus.Conn, policy config.UrgencyConfig, d *client.Daemon, logger *slog.Logger) error {
+	var last string
+	return client.WatchDevice(ctx, sys, client.DeviceHooks{
+		State: func(st config.DeviceState) {
+			u := policy.MinUrgency(st)
+			if u != last {
+				logger.Info("lowest wanted urgency", "urgency", u, "on_battery", st.OnBattery,
+					"percentage", st.Percentage, "metered", st.Metered)
+				last = u
+			}
+			d.SetUrgency(u)
+		},
+		Resumed: d.Resumed,
+	}, logger)
 }
