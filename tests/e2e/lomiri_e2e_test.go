@@ -143,8 +143,11 @@ func (w *world) waitConnection(name, state string, also func(map[string]any) boo
 }
 
 // frames returns heraldd's debug log lines of Lomiri frames.
-func (w *world) frames() []string {
-	b, _ := os.ReadFile(w.daemon.Proc.Log)
+func (w *world) frames() []string { return logFrames(w.daemon.Proc.Log) }
+
+// logFrames returns the debug log lines of Lomiri frames in a log file.
+func logFrames(path string) []string {
+	b, _ := os.ReadFile(path)
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.Contains(l, `msg="lomiri frame"`) {
@@ -185,6 +188,7 @@ func TestLomiriBackendE2E(t *testing.T) {
 	w.waitPost(lapp, waitLong)
 	w.popWant(lapp, `{"text":"hello lomiri"}`)
 	t.Logf("frame transcript (heraldd debug log):\n%s", strings.Join(w.frames(), "\n"))
+	t.Logf("frame transcript (herald-server debug log):\n%s", strings.Join(logFrames(w.server.Proc.Log), "\n"))
 
 	// A UnifiedPush lapp on the autopush connection at the same time.
 	up := w.newUPApp("org.example.LomUP", 1)
