@@ -277,3 +277,38 @@ func TestWithDaemon(t *testing.T) {
 		t.Fatalf("doctor = %+v", r)
 	}
 }
+
+// TestDoctorLomiriUpstreamConfig: an existing lomiri-push-service config.json
+// is used for the Lomiri backend, and doctor says so and checks the service.
+func TestDoctorLomiriUpstreamConfig(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/delivery-hosts" {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"domain":"push.test","hosts":["127.0.0.1:5001"]}`)
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	env := map[string]string{"HOME": dir, "XDG_CONFIG_HOME": filepath.Join(dir, "config"), "XDG_CONFIG_DIRS": filepath.Join(dir, "etc"),
+		"XDG_STATE_HOME": filepath.Join(dir, "state")}
+	upstream := filepath.Join(dir, "etc", "lomiri-push-service", "config.json")
+	for p, content := range map[string]string{
+		upstream: `{"addr": "` + srv.URL + `/delivery-hosts", "registration_url": "` + srv.URL + `", "cert_pem_file": ""}`,
+		filepath.Join(dir, "config", "herald", "config.toml"): "server = \"\"\n[lomiri]\ndevice_id = \"D\"\n", // loopback only
+	} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runCLI(t, env, "doctor")
+	want := "ok    Lomiri apps: Lomiri push service " + srv.URL + "/delivery-hosts, registration " + srv.URL + " (from lomiri-push-service config " + upstream + ")"
+	if !strings.Contains(r.stdout, want) {
+		t.Fatalf("doctor output lacks %q:\n%s", want, r.stdout)
+	}
+	t.Logf("herald doctor:\n%s", r.stdout)
+}
