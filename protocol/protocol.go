@@ -66,6 +66,8 @@ const (
 	// TypeAppAck (Herald extension ExtAppAck): the device reports that the
 	// apps themselves have taken these messages.
 	TypeAppAck = "app_ack"
+	// TypeBatch (Herald extension ExtBatch): C→S Size, S→C Size and Status.
+	TypeBatch = "batch"
 )
 
 // Herald extensions a server names in its hello reply (Hello.Extensions).
@@ -78,7 +80,16 @@ const (
 	// ExtAppAck: the device sends "app_ack" when an app has taken a message
 	// (Lomiri PopAll, an acknowledged UnifiedPush Connector2.Message).
 	ExtAppAck = "app_ack"
+	// ExtBatch: the device takes stored messages in larger batches (a
+	// "batch" frame after the hello reply asks for up to MaxBatchSize), and
+	// the server sends the next batch when half of the current one is acked
+	// instead of all of it. Without it, BatchSize at a time, the next after
+	// every ack (Mozilla's server and Firefox).
+	ExtBatch = "batch"
 )
+
+// MaxBatchSize is the largest stored batch a device may ask for (ExtBatch).
+const MaxBatchSize = 100
 
 // Urgency levels of RFC 8030 §5.3, lowest first.
 var urgencyLevels = [...]string{"very-low", "low", "normal", "high"}
@@ -137,6 +148,13 @@ func (h *Hello) Supports(ext string) bool {
 type Urgency struct {
 	Min    string `json:"min,omitempty"`
 	Status int    `json:"status,omitempty"`
+}
+
+// Batch (ExtBatch) asks for stored messages Size at a time (C→S); the server
+// answers with the Size it grants and Status.
+type Batch struct {
+	Size   int `json:"size,omitempty"`
+	Status int `json:"status,omitempty"`
 }
 
 // AppAck (ExtAppAck) reports messages that the apps have taken.
@@ -205,6 +223,7 @@ func (*Ack) Type() string          { return TypeAck }
 func (*Nack) Type() string         { return TypeNack }
 func (*Ping) Type() string         { return TypePing }
 func (*Urgency) Type() string      { return TypeUrgency }
+func (*Batch) Type() string        { return TypeBatch }
 func (*AppAck) Type() string       { return TypeAppAck }
 func (u *Unknown) Type() string    { return u.MessageType }
 
@@ -253,6 +272,8 @@ func Decode(frame []byte) (Message, error) {
 		m = &Urgency{}
 	case TypeAppAck:
 		m = &AppAck{}
+	case TypeBatch:
+		m = &Batch{}
 	case TypePing:
 		return &Ping{}, nil
 	case "":
@@ -323,6 +344,10 @@ func Validate(m Message) error {
 	case *Urgency:
 		if _, ok := UrgencyRank(m.Min); m.Min != "" && !ok {
 			return bad("invalid min %q", m.Min)
+		}
+	case *Batch:
+		if m.Size < 0 || m.Size > MaxBatchSize {
+			return bad("size %d out of 0..%d", m.Size, MaxBatchSize)
 		}
 	case *Register:
 		if !ValidChannelID(m.ChannelID) {

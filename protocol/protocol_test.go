@@ -60,6 +60,8 @@ func TestDecode(t *testing.T) {
 		{`{"messageType":"urgency","status":200}`, &Urgency{Status: 200}},
 		{`{"messageType":"app_ack","updates":[{"channelID":"` + chid + `","version":"v1"}]}`,
 			&AppAck{Updates: []Update{{ChannelID: chid, Version: "v1"}}}},
+		{`{"messageType":"batch","size":100}`, &Batch{Size: 100}},
+		{`{"messageType":"batch","size":50,"status":200}`, &Batch{Size: 50, Status: 200}},
 	}
 	for _, tt := range tests {
 		got, err := Decode([]byte(tt.frame))
@@ -80,6 +82,7 @@ func TestDecode(t *testing.T) {
 		`{"messageType":"hello","uaid":"` + strings.Repeat("a", 129) + `"}`,
 		`{"messageType":"hello","urgency":"urgent"}`,
 		`{"messageType":"urgency","min":"HIGH"}`,
+		`{"messageType":"batch","size":101}`, `{"messageType":"batch","size":-1}`,
 		`{"messageType":"app_ack","updates":[{"channelID":"nope","version":"v"}]}`,
 		`{"messageType":"ack","updates":[]}` + strings.Repeat(" ", MaxFrameBytes),
 	}

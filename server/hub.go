@@ -144,7 +144,10 @@ type conn struct {
 	more      bool         // guarded by mu; a live message was left in the store while draining
 	cursor    int64        // guarded by mu; stored messages up to this Seq were fetched
 	closed    bool         // guarded by mu; no more writes
-	ping      *time.Timer  // guarded by mu
+	// batch is the stored batch size the device asked for (extension
+	// "batch"); 0 is protocol.BatchSize, the next batch after every ack.
+	batch int         // guarded by mu
+	ping  *time.Timer // guarded by mu
 	// minUrgency is the rank of the lowest urgency the device wants
 	// (extension "urgency"; 0, very-low, is every message). Guarded by mu.
 	minUrgency int
@@ -173,7 +176,7 @@ type earlyMsg struct {
 
 // heraldExtensions are the Herald extensions the server names in its hello
 // reply (protocol.Hello.Extensions).
-var heraldExtensions = []string{protocol.ExtUrgency, protocol.ExtAppAck}
+var heraldExtensions = []string{protocol.ExtUrgency, protocol.ExtAppAck, protocol.ExtBatch}
 
 // held reports whether m waits for the device to want lower urgencies.
 // c.mu must be held.
@@ -455,7 +458,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 			}
 			refs = append(refs, r)
 		}
-		more := c.draining && c.batchLeft == 0
+		more := c.draining && c.batchLeft <= c.refillAt()
 		c.mu.Unlock()
 		s.metrics.delivered.Add(float64(delivered))
 		if len(refs) > 0 {
@@ -484,7 +487,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				c.draining = true
 			}
 			c.minUrgency = r
-			more = c.draining && c.batchLeft == 0
+			more = c.draining && c.batchLeft <= c.refillAt()
 			c.mu.Unlock()
 		}
 		reply, _ := protocol.Encode(&protocol.Urgency{Status: status})
@@ -498,6 +501,22 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 	case *protocol.AppAck:
 		s.appAcked(ctx, c.uaid, m)
 		return nil
+	case *protocol.Batch:
+		// Extension "batch": larger stored batches, the next one read when
+		// half of the current one is acked. Size 0 returns to the default.
+		c.mu.Lock()
+		c.batch = m.Size
+		size := c.batchSize()
+		more := c.draining && c.batchLeft <= c.refillAt()
+		c.mu.Unlock()
+		reply, _ := protocol.Encode(&protocol.Batch{Size: size, Status: 200})
+		if err := c.write(reply); err != nil {
+			return err
+		}
+		if more {
+			return c.drain(ctx)
+		}
+		return nil
 	case *protocol.Nack:
 		// The message stays stored and is sent again on the next connection.
 		c.mu.Lock()
@@ -506,7 +525,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				c.forget(r, st)
 			}
 		}
-		more := c.draining && c.batchLeft == 0
+		more := c.draining && c.batchLeft <= c.refillAt()
 		c.mu.Unlock()
 		if more {
 			return c.drain(ctx)
@@ -568,11 +587,12 @@ func (c *conn) drain(ctx context.Context) error {
 	defer c.drainMu.Unlock()
 	for {
 		c.mu.Lock()
-		if c.closed || !c.draining || c.batchLeft > 0 {
+		if c.closed || !c.draining || c.batchLeft > c.refillAt() {
 			c.mu.Unlock()
 			return nil
 		}
 		c.more = false
+		size := c.batchSize()
 		after := c.cursor
 		// Every message acked on this connection is at or below the cursor:
 		// the next batch cannot contain one whose deletion is still queued,
@@ -583,9 +603,9 @@ func (c *conn) drain(ctx context.Context) error {
 		var msgs []*Message
 		var err error
 		if noWait {
-			msgs, err = c.s.store.PendingBeyondAcks(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+			msgs, err = c.s.store.PendingBeyondAcks(ctx, c.uaid, after, size, c.s.now())
 		} else {
-			msgs, err = c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize, c.s.now())
+			msgs, err = c.s.store.Pending(ctx, c.uaid, after, size, c.s.now())
 		}
 		if err != nil {
 			c.s.log.Error("cannot read pending messages", "err", err)
@@ -614,10 +634,10 @@ func (c *conn) drain(ctx context.Context) error {
 			tried = append(tried, r)
 			frames = append(frames, c.s.encodeNotification(m))
 		}
-		if len(msgs) < protocol.BatchSize && !c.more {
+		if len(msgs) < size && !c.more {
 			c.draining = false
 		}
-		again := c.draining && c.batchLeft == 0
+		again := c.draining && c.batchLeft <= c.refillAt()
 		if c.batchLeft > 0 {
 			c.batchGen++
 			gen := c.batchGen
@@ -648,6 +668,26 @@ func (c *conn) drain(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// batchSize is how many stored messages one read of the drain takes. c.mu
+// must be held.
+func (c *conn) batchSize() int {
+	if c.batch > 0 {
+		return c.batch
+	}
+	return protocol.BatchSize
+}
+
+// refillAt is how many messages of the stored batches may still be unacked
+// when the next batch is read: none by default (autopush's rule), half a
+// batch with the "batch" extension, so that the next batch is on its way
+// while the device stores the current one. c.mu must be held.
+func (c *conn) refillAt() int {
+	if c.batch > protocol.BatchSize {
+		return c.batch / 2
+	}
+	return 0
 }
 
 // ackTimeout gives up waiting for the acks of stored batch gen: its

@@ -487,3 +487,37 @@ func TestAcksCoalesce(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchExtension: the session asks for larger stored batches only from a
+// server that named the extension in its hello reply.
+func TestBatchExtension(t *testing.T) {
+	for _, named := range []bool{true, false} {
+		t.Run(fmt.Sprint("named=", named), func(t *testing.T) {
+			srv := newFakeServer(t)
+			h := newHandler()
+			h.uaid, h.channels = uaid, []string{chA}
+			s, _ := start(t, Config{URL: srv.url(), Handler: h})
+			s.SetWanted(true)
+			c := srv.accept(t)
+			if _, ok := readMsg(t, c).(*protocol.Hello); !ok {
+				t.Fatal("expected hello")
+			}
+			reply := &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true}
+			if named {
+				reply.Extensions = []string{protocol.ExtUrgency, protocol.ExtBatch}
+			}
+			writeMsg(t, c, reply)
+			h.waitState(t, StateConnected)
+			go func() { _, _ = s.Register(context.Background(), chB, "") }()
+			first := readMsg(t, c)
+			if b, ok := first.(*protocol.Batch); named && (!ok || b.Size != protocol.MaxBatchSize) {
+				t.Fatalf("first frame after hello = %#v, want batch of %d", first, protocol.MaxBatchSize)
+			}
+			if !named {
+				if _, ok := first.(*protocol.Register); !ok {
+					t.Fatalf("first frame after hello = %#v, want the register (no batch frame)", first)
+				}
+			}
+		})
+	}
+}
