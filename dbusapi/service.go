@@ -52,10 +52,6 @@ type Config struct {
 	// methods, one object per quoted package), which godbus allows only
 	// for a connection created with the Service as its handler.
 	Address string
-	// Conn is not supported (see Address); New fails when it is set
-	// without Address. Kept so that a mistaken wiring fails clearly.
-	Conn *dbus.Conn
-
 	Backend Backend
 	Logger  *slog.Logger
 	// RequireConfinement refuses unconfined callers on the app APIs.
@@ -83,13 +79,12 @@ type Service struct {
 
 	mu sync.Mutex
 	// guarded by mu:
-	conn     *dbus.Conn
-	owned    []string
-	idCache  map[string]Identity // unique name → identity
-	status   Status
-	closed   bool
-	signalCh chan *dbus.Signal
-	busID    string // the bus's GetId, once asked
+	conn    *dbus.Conn
+	owned   []string
+	idCache map[string]Identity // unique name → identity
+	status  Status
+	closed  bool
+	busID   string // the bus's GetId, once asked
 
 	// forgotten (guarded by mu), when set (tests), is called after a name's identity was
 	// dropped from the cache.
@@ -102,9 +97,6 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("dbusapi: config has no backend")
 	}
 	if cfg.Address == "" {
-		if cfg.Conn != nil {
-			return nil, errors.New("dbusapi: config.Conn cannot be used, set config.Address: the service opens its own connection to route its methods")
-		}
 		return nil, errors.New("dbusapi: config has no bus address")
 	}
 	if cfg.Logger == nil {
@@ -158,7 +150,7 @@ func (s *Service) Start(ctx context.Context) error {
 	ch := make(chan *dbus.Signal, 64)
 	conn.Signal(ch)
 	s.mu.Lock()
-	s.conn, s.signalCh = conn, ch
+	s.conn = conn
 	s.mu.Unlock()
 	s.wg.Go(func() { s.signalLoop(ch) })
 

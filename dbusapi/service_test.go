@@ -397,8 +397,8 @@ func TestNameAlreadyOwned(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	if _, err := New(Config{Backend: &fakeBackend{}, Conn: &dbus.Conn{}}); err == nil || !strings.Contains(err.Error(), "Address") {
-		t.Errorf("New with Conn only: %v", err)
+	if _, err := New(Config{Backend: &fakeBackend{}}); err == nil || !strings.Contains(err.Error(), "address") {
+		t.Errorf("New without an address: %v", err)
 	}
 	if _, err := New(Config{Address: "x"}); err == nil {
 		t.Error("New without backend succeeded")

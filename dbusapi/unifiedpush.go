@@ -33,9 +33,17 @@ const (
 
 // More Backend errors with a UnifiedPush failure reason of their own.
 var (
-	ErrActionRequired = errors.New("user action required")
-	ErrVAPIDRequired  = errors.New("vapid key required")
+	ErrVAPIDRequired = errors.New("vapid key required")
 )
+
+// upReasonText is what a connector is told for each failure reason; the
+// details stay in the log.
+var upReasonText = map[string]string{
+	ReasonInternal:      "internal error (the heraldd log has the details)",
+	ReasonNetwork:       "push server not reachable, try again later",
+	ReasonVAPIDRequired: "the push server requires a VAPID key",
+	ReasonUnauthorized:  "registered by another app",
+}
 
 // upFailure is a failed registration with its spec reason.
 type upFailure struct {
@@ -267,15 +275,13 @@ func (s *Service) registerUP(ctx context.Context, c *call, r UPRegistration) (st
 		switch {
 		case errors.Is(err, ErrOffline):
 			reason = ReasonNetwork
-		case errors.Is(err, ErrActionRequired):
-			reason = ReasonActionRequired
 		case errors.Is(err, ErrVAPIDRequired):
 			reason = ReasonVAPIDRequired
 		case errors.Is(err, ErrNotOwner):
 			reason = ReasonUnauthorized
 		}
 		s.log.Warn("unifiedpush registration failed", "app_id", r.AppID, "service", r.Service, "reason", reason, "err", err)
-		return "", failUP(reason, "registration failed: %v", err)
+		return "", failUP(reason, "registration failed: %s", upReasonText[reason])
 	}
 	s.log.Info("app registered", "app_id", r.AppID, "kind", string(app.KindUnifiedPush), "service", r.Service, "instance", r.Instance, "version", r.Version)
 	// NewEndpoint goes out once the Register reply was written.

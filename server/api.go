@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
 )
@@ -410,63 +412,62 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// limiter is a set of token buckets keyed by token or client address.
+// limiter is a set of token buckets (golang.org/x/time/rate) keyed by
+// token or client address.
 type limiter struct {
-	rate, burst float64 // rate < 0: unlimited
+	rate  rate.Limit // rate.Inf: unlimited
+	burst int
 
 	mu      sync.Mutex
-	buckets map[string]*bucket // guarded by mu
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
+	buckets map[string]*rate.Limiter // guarded by mu
 }
 
 func newLimiter(l Limit) *limiter {
-	burst := float64(l.Burst)
+	burst := l.Burst
 	if burst < 1 {
-		burst = math.Max(1, l.Rate)
+		burst = max(1, int(math.Ceil(l.Rate)))
 	}
-	return &limiter{rate: l.Rate, burst: burst, buckets: map[string]*bucket{}}
+	r := rate.Limit(l.Rate)
+	if l.Rate < 0 {
+		r = rate.Inf
+	}
+	return &limiter{rate: r, burst: burst, buckets: map[string]*rate.Limiter{}}
 }
 
 // allow takes one token for key; when none is left it returns the whole
-// seconds to wait.
+// seconds to wait (60 when the rate is 0: only the burst is ever allowed).
 func (l *limiter) allow(key string, now time.Time) (bool, int) {
-	if l.rate < 0 {
+	if l.rate == rate.Inf {
 		return true, 0
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	b := l.buckets[key]
 	if b == nil {
-		b = &bucket{tokens: l.burst, last: now}
+		b = rate.NewLimiter(l.rate, l.burst)
 		l.buckets[key] = b
 	}
-	if el := now.Sub(b.last).Seconds(); el > 0 {
-		b.tokens = math.Min(l.burst, b.tokens+el*l.rate)
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
+	l.mu.Unlock()
+	if b.AllowN(now, 1) {
 		return true, 0
 	}
 	if l.rate == 0 {
 		return false, 60
 	}
-	return false, int(math.Ceil((1 - b.tokens) / l.rate))
+	r := b.ReserveN(now, 1)
+	wait := r.DelayFrom(now)
+	r.CancelAt(now)
+	return false, max(1, int(math.Ceil(wait.Seconds())))
 }
 
 // prune forgets buckets that have refilled.
 func (l *limiter) prune(now time.Time) {
-	if l.rate <= 0 {
+	if l.rate == rate.Inf || l.rate == 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+		if b.TokensAt(now) >= float64(l.burst) {
 			delete(l.buckets, k)
 		}
 	}

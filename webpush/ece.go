@@ -9,7 +9,7 @@ package webpush
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
+	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -76,19 +76,12 @@ func (h Header) append(b []byte) []byte {
 
 // contentKeys derives the content encryption key and the base nonce from the
 // input keying material and the salt (RFC 8188 §2.2, §2.3).
+// hkdf fails only for an output longer than 255 hash lengths: never here.
 func contentKeys(ikm, salt []byte) (cek, nonce []byte) {
-	prk := hmacSHA256(salt, ikm)
-	cek = hmacSHA256(prk, []byte(cekInfo), []byte{1})[:16]
-	nonce = hmacSHA256(prk, []byte(nonceInfo), []byte{1})[:12]
+	prk, _ := hkdf.Extract(sha256.New, ikm, salt)
+	cek, _ = hkdf.Expand(sha256.New, prk, cekInfo, 16)
+	nonce, _ = hkdf.Expand(sha256.New, prk, nonceInfo, 12)
 	return cek, nonce
-}
-
-func hmacSHA256(key []byte, parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, key)
-	for _, p := range parts {
-		m.Write(p)
-	}
-	return m.Sum(nil)
 }
 
 // recordNonce is the nonce of record seq: the base nonce XOR the 96-bit

@@ -3,10 +3,21 @@ package webpush
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"strings"
 	"testing"
 )
+
+// hmacSHA256 is HKDF-Extract written out (HMAC-SHA-256 keyed with the salt),
+// independent of crypto/hkdf that the package uses.
+func hmacSHA256(t testing.TB, key, msg []byte) []byte {
+	t.Helper()
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil)
+}
 
 func b64(t testing.TB, s string) []byte {
 	t.Helper()
@@ -37,7 +48,7 @@ func TestRFC8291Intermediates(t *testing.T) {
 		t.Fatal(err)
 	}
 	ikm := webPushIKM(secret, auth, uaPub, asPub)
-	prk := hmacSHA256(salt, ikm)
+	prk := hmacSHA256(t, salt, ikm)
 	cek, nonce := contentKeys(ikm, salt)
 	for _, c := range []struct {
 		name string
@@ -47,7 +58,7 @@ func TestRFC8291Intermediates(t *testing.T) {
 		{"ua_public", uaPub, "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"},
 		{"as_public", asPub, "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8"},
 		{"ecdh_secret", secret, "kyrL1jIIOHEzg3sM2ZWRHDRB62YACZhhSlknJ672kSs"},
-		{"PRK_key", hmacSHA256(auth, secret), "Snr3JMxaHVDXHWJn5wdC52WjpCtd2EIEGBykDcZW32k"},
+		{"PRK_key", hmacSHA256(t, auth, secret), "Snr3JMxaHVDXHWJn5wdC52WjpCtd2EIEGBykDcZW32k"},
 		{"IKM", ikm, "S4lYMb_L0FxCeq0WhDx813KgSYqU26kOyzWUdsXYyrg"},
 		{"PRK", prk, "09_eUZGrsvxChDCGRCdkLiDXrReGOEVeSCdCcPBSJSc"},
 		{"cek_info", []byte(cekInfo), "Q29udGVudC1FbmNvZGluZzogYWVzMTI4Z2NtAA"},
@@ -70,7 +81,7 @@ func TestRFC8188Intermediates(t *testing.T) {
 		got  []byte
 		want string
 	}{
-		{"PRK", hmacSHA256(salt, ikm), "zyeH5phsIsgUyd4oiSEIy35x-gIi4aM7y0hCF8mwn9g"},
+		{"PRK", hmacSHA256(t, salt, ikm), "zyeH5phsIsgUyd4oiSEIy35x-gIi4aM7y0hCF8mwn9g"},
 		{"CEK", cek, "_wniytB-ofscZDh4tbSjHw"},
 		{"NONCE", nonce, "Bcs8gkIRKLI8GeI8"},
 	} {

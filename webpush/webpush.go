@@ -3,7 +3,9 @@ package webpush
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -110,9 +112,11 @@ func p256Public(b []byte) (*ecdh.PublicKey, error) {
 }
 
 // webPushIKM derives the input keying material of RFC 8291 §3.3.
+// (HKDF with the auth secret as salt; it fails only for an output longer
+// than 255 hash lengths: never here.)
 func webPushIKM(ecdhSecret, auth, uaPublic, asPublic []byte) []byte {
-	prkKey := hmacSHA256(auth, ecdhSecret)
-	return hmacSHA256(prkKey, []byte("WebPush: info\x00"), uaPublic, asPublic, []byte{1})
+	ikm, _ := hkdf.Key(sha256.New, ecdhSecret, auth, "WebPush: info\x00"+string(uaPublic)+string(asPublic), 32)
+	return ikm
 }
 
 // Encrypt encrypts plaintext for the subscription with public key uaPublic

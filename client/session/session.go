@@ -41,7 +41,6 @@ const (
 var (
 	ErrNotConnected = errors.New("not connected to the push server")
 	ErrRejected     = errors.New("push server refused the request")
-	ErrClosed       = errors.New("session closed")
 )
 
 // Handler is what the session needs from the daemon.
