@@ -172,3 +172,35 @@ func (l *AppLauncher) open(ctx context.Context, e *app.DesktopEntry, u string) e
 	}
 	return nil
 }
+
+// checkAction accepts an action URL of appID: through the URL dispatcher's
+// TestURL where it runs (as upstream), else CheckActionURL.
+func (p *Presenter) checkAction(ctx context.Context, appID string, e *app.DesktopEntry, u string) error {
+	if p.useDispatcher(ctx) {
+		return p.testURL(ctx, appID, e, u)
+	}
+	return CheckActionURL(appID, e, u)
+}
+
+// activate opens an accepted action URL: DispatchURL restricted to the app's
+// package where the URL dispatcher runs, else the Launcher.
+func (p *Presenter) activate(ctx context.Context, appID, msgID, u string) {
+	entry := p.desktopEntry(appID)
+	if err := p.checkAction(ctx, appID, entry, u); err != nil {
+		p.log.Warn("action refused", "app_id", appID, "msg_id", msgID, "err", err)
+		return
+	}
+	p.log.Info("notification action", "app_id", appID, "msg_id", msgID)
+	p.log.Debug("launching", "app_id", appID, "url", u)
+	if p.useDispatcher(ctx) {
+		if err := p.dispatch(ctx, appID, u); err != nil {
+			p.log.Error("cannot dispatch notification action", "app_id", appID, "err", err)
+		} else {
+			p.log.Info("action dispatched by the URL dispatcher", "app_id", appID, "msg_id", msgID)
+		}
+		return
+	}
+	if err := p.launch.Launch(ctx, LaunchRequest{AppID: appID, URL: u, Entry: entry}); err != nil {
+		p.log.Error("cannot launch app for notification action", "app_id", appID, "err", err)
+	}
+}

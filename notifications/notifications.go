@@ -92,6 +92,19 @@ type Options struct {
 	DataDirs []string
 	// Launch opens apps on an action; nil uses an AppLauncher on Conn.
 	Launch Launcher
+	// SystemConn is the system bus (AccountsService, hfd-service); nil
+	// leaves those out.
+	SystemConn *dbus.Conn
+	// UID is the user whose AccountsService settings are read.
+	UID int
+	// Settings reads the per-app Lomiri/Ubuntu GSettings; nil: every app
+	// has every switch on.
+	Settings *Settings
+	// Focused reports whether the app is focused, for upstream's rule that
+	// nothing is presented for a focused app while the screen is unlocked
+	// (the lock state is the Lomiri greeter's IsActive). nil: the platform
+	// cannot tell, nothing is suppressed (Lomiri today).
+	Focused func(appID string) bool
 }
 
 // shown is a notification this Presenter created on the current server.
@@ -109,6 +122,10 @@ type Presenter struct {
 	dataDirs []string
 	launch   Launcher
 	lookPath func(string) (string, error)
+	sys      *dbus.Conn
+	uid      int
+	settings *Settings
+	focused  func(appID string) bool
 
 	players sync.WaitGroup // background sound players
 
@@ -119,6 +136,12 @@ type Presenter struct {
 	caps     map[string]bool  // capabilities of owner, nil until fetched
 	live     map[uint32]shown // ids created on owner
 	appOps   map[string]chan struct{}
+	// indicatorOwner is the messaging indicator's unique name ("" none),
+	// menuApps the exported client objects by app id, menuRegistered the
+	// indicator owner each app is registered with.
+	indicatorOwner string
+	menuApps       map[string]*menuApp
+	menuRegistered map[string]string
 }
 
 // lockApp serialises the card operations of one app (show, re-show, clear):
@@ -154,6 +177,10 @@ func New(o Options) *Presenter {
 		launch:   o.Launch,
 		lookPath: exec.LookPath,
 		live:     map[uint32]shown{},
+		sys:      o.SystemConn,
+		uid:      o.UID,
+		settings: o.Settings,
+		focused:  o.Focused,
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -168,9 +195,19 @@ func New(o Options) *Presenter {
 // summary and popup or persist is set) and the sound. A missing notification
 // server, player or feedbackd is skipped; errors of the card or the counter
 // are returned joined, after everything else was tried.
+//
+// On Lomiri the platform decides as upstream: the app's GSettings switches
+// (enable-notifications off leaves only the counter), AccountsService's
+// silent mode, message tone and vibration choices, the URL dispatcher for
+// actions, the messaging indicator for persistent cards, hfd-service or
+// usensord for vibration.
 func (p *Presenter) Present(ctx context.Context, r Request) error {
 	if _, err := app.ParseID(r.AppID); err != nil {
 		return fmt.Errorf("cannot present: %w", err)
+	}
+	if p.suppressed(ctx, r.AppID) {
+		p.log.Debug("app focused and screen unlocked: nothing presented", "app_id", r.AppID, "msg_id", r.MsgID)
+		return nil
 	}
 	entry := p.desktopEntry(r.AppID)
 	var errs []error
@@ -179,11 +216,31 @@ func (p *Presenter) Present(ctx context.Context, r Request) error {
 			errs = append(errs, err)
 		}
 	}
+	set := allOn
+	if p.settings != nil {
+		var err error
+		if set, err = p.settings.App(ctx, r.AppID); err != nil {
+			p.log.Warn("notification settings unreadable; all on", "app_id", r.AppID, "err", err)
+		}
+	}
+	if !set.Enabled {
+		p.log.Debug("notifications off for the app: only the counter", "app_id", r.AppID, "msg_id", r.MsgID)
+		return errors.Join(errs...)
+	}
+	snd := p.soundSettings(ctx)
 	if r.Vibrate != nil {
-		p.vibrate(ctx, r.AppID, entry)
+		switch {
+		case !set.Vibrations:
+		case snd.Found && snd.SilentMode && p.settings != nil && !p.settings.VibrateSilentMode(ctx):
+		case !snd.Vibrate():
+		default:
+			if !p.vibrateLomiri(ctx, r.AppID, *r.Vibrate) {
+				p.vibrate(ctx, r.AppID, entry)
+			}
+		}
 	}
 	var sf, sn string // sound file, sound name
-	if r.Sound != nil {
+	if r.Sound != nil && set.Sounds && !(snd.Found && snd.SilentMode) {
 		switch {
 		case r.Sound.Path != "":
 			f, err := ResolveSound(p.dataDirs, r.AppID, r.Sound.Path)
@@ -192,7 +249,9 @@ func (p *Presenter) Present(ctx context.Context, r Request) error {
 			}
 			sf = f
 		case r.Sound.Default:
-			sn = defaultSoundName
+			if sf = lomiriSound(snd); sf == "" {
+				sn = defaultSoundName
+			}
 		}
 	}
 	hinted := false
@@ -201,7 +260,25 @@ func (p *Presenter) Present(ctx context.Context, r Request) error {
 		if err != nil {
 			return fmt.Errorf("cannot present: %w", err)
 		}
-		res, err := p.notify(ctx, r, entry, sf, sn, false)
+		c := *r.Card
+		c.Popup = c.Popup && set.Bubbles
+		c.Persist = c.Persist && set.List
+		rr := r
+		rr.Card = &c
+		if c.Persist && c.Summary != "" && p.indicatorRunning() {
+			// Where the messaging indicator runs, a persistent card is an
+			// entry there; a bubble is shown only for popup, and not kept.
+			added, err := p.menuAdd(ctx, rr, entry)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if added {
+				// The bubble is transient and not stored: the tag is the
+				// menu entry's (the store keeps one record per tag).
+				c.Persist, rr.Tag = false, ""
+			}
+		}
+		res, err := p.notify(ctx, rr, entry, sf, sn, false)
 		unlock()
 		if err != nil {
 			errs = append(errs, err)
@@ -251,14 +328,24 @@ func (p *Presenter) notify(ctx context.Context, r Request, entry *app.DesktopEnt
 		"urgency":       dbus.MakeVariant(byte(1)),
 		"category":      dbus.MakeVariant("im.received"),
 	}
+	caps := p.capabilities(ctx)
+	lomiriHints, canonicalHints := p.hintFamilies(ctx, caps)
+	setVendorHint := func(name string, v dbus.Variant) {
+		if lomiriHints {
+			hints["x-lomiri-"+name] = v
+		}
+		if canonicalHints {
+			hints["x-canonical-"+name] = v
+		}
+	}
 	if entry != nil {
 		if s := symbolicIcon(entry); s != "" {
-			hints["x-canonical-secondary-icon"] = dbus.MakeVariant(s)
+			setVendorHint("secondary-icon", dbus.MakeVariant(s))
 		}
 	}
 	action := ""
 	if len(c.Actions) > 0 {
-		if err := CheckActionURL(r.AppID, entry, c.Actions[0]); err != nil {
+		if err := p.checkAction(ctx, r.AppID, entry, c.Actions[0]); err != nil {
 			p.log.Warn("action refused, card shown without it", "app_id", r.AppID, "msg_id", r.MsgID, "err", err)
 		} else {
 			action = c.Actions[0]
@@ -270,7 +357,7 @@ func (p *Presenter) notify(ctx context.Context, r Request, entry *app.DesktopEnt
 	actions := []string{}
 	if action != "" {
 		actions = []string{"default", DefaultActionLabel}
-		hints["x-canonical-switch-to-application"] = dbus.MakeVariant("true")
+		setVendorHint("switch-to-application", dbus.MakeVariant("true"))
 	}
 	if c.Persist {
 		hints["resident"] = dbus.MakeVariant(true)
@@ -282,7 +369,7 @@ func (p *Presenter) notify(ctx context.Context, r Request, entry *app.DesktopEnt
 	var res notifyResult
 	if reshow {
 		hints["suppress-sound"] = dbus.MakeVariant(true)
-	} else if (soundFile != "" || soundName != "") && p.capabilities(ctx)["sound"] {
+	} else if (soundFile != "" || soundName != "") && caps["sound"] {
 		if soundFile != "" {
 			hints["sound-file"] = dbus.MakeVariant(soundFile)
 		} else {
@@ -459,36 +546,8 @@ func (p *Presenter) setCounter(ctx context.Context, appID string, entry *app.Des
 	if err != nil {
 		return fmt.Errorf("cannot set counter of %q: %w", appID, err)
 	}
-	p.lomiriCounter(ctx, appID, count, visible)
+	p.launcherCounter(ctx, appID, count, visible)
 	return nil
-}
-
-// lomiriCounter sets the counter on Lomiri's launcher when it runs.
-func (p *Presenter) lomiriCounter(ctx context.Context, appID string, count int32, visible bool) {
-	const name = "com.canonical.Unity.Launcher"
-	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	var has bool
-	err := p.conn.BusObject().CallWithContext(cctx, "org.freedesktop.DBus.NameHasOwner", 0, name).Store(&has)
-	if err != nil || !has {
-		return
-	}
-	aid, err := app.ParseID(appID)
-	if err != nil {
-		return
-	}
-	id := aid.DesktopID()
-	obj := p.conn.Object(name, dbus.ObjectPath("/com/canonical/Unity/Launcher/"+app.Quote(id)))
-	for _, kv := range []struct {
-		k string
-		v any
-	}{{"count", count}, {"countVisible", visible}} {
-		c := obj.CallWithContext(cctx, "org.freedesktop.DBus.Properties.Set", 0, name+".Item", kv.k, dbus.MakeVariant(kv.v))
-		if c.Err != nil {
-			p.log.Debug("lomiri counter failed", "app_id", appID, "err", c.Err)
-			return
-		}
-	}
 }
 
 // ListPersistent returns the tags of the app's persistent notifications,
@@ -558,6 +617,7 @@ func (p *Presenter) ClearPersistent(ctx context.Context, appID string, tags []st
 			errs = append(errs, fmt.Errorf("cannot delete notification %d of %q: %w", r.ID, appID, err))
 			continue
 		}
+		p.menuRemoved(appID, r)
 		n++
 	}
 	return n, errors.Join(errs...)

@@ -30,6 +30,8 @@ func (p *Presenter) Run(ctx context.Context) error {
 		{dbus.WithMatchInterface(notifyIface), dbus.WithMatchObjectPath(notifyPath), dbus.WithMatchMember("ActionInvoked")},
 		{dbus.WithMatchInterface(notifyIface), dbus.WithMatchObjectPath(notifyPath), dbus.WithMatchMember("NotificationClosed")},
 		{dbus.WithMatchSender(busDaemonName), dbus.WithMatchInterface(busDaemonName), dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, notifyName)},
+		{dbus.WithMatchSender(busDaemonName), dbus.WithMatchInterface(busDaemonName), dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, indicatorName)},
+		{dbus.WithMatchInterface(dconfWriterIface), dbus.WithMatchMember("Notify")},
 	}
 	for _, r := range rules {
 		if err := p.conn.AddMatchSignalContext(ctx, r...); err != nil {
@@ -51,6 +53,9 @@ func (p *Presenter) Run(ctx context.Context) error {
 		p.players.Wait()
 	}()
 	p.log.Info("notification presenter started", "server", owner)
+	if ind, err := p.ownerOf(ctx, indicatorName); err == nil && ind != "" {
+		p.indicatorAppeared(ctx, ind)
+	}
 	p.startup(ctx, owner)
 	for {
 		select {
@@ -66,10 +71,14 @@ func (p *Presenter) Run(ctx context.Context) error {
 }
 
 func (p *Presenter) nameOwner(ctx context.Context) (string, error) {
+	return p.ownerOf(ctx, notifyName)
+}
+
+func (p *Presenter) ownerOf(ctx context.Context, name string) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	var owner string
-	err := p.conn.BusObject().CallWithContext(cctx, busDaemonName+".GetNameOwner", 0, notifyName).Store(&owner)
+	err := p.conn.BusObject().CallWithContext(cctx, busDaemonName+".GetNameOwner", 0, name).Store(&owner)
 	var de dbus.Error
 	if errors.As(err, &de) && de.Name == "org.freedesktop.DBus.Error.NameHasNoOwner" {
 		return "", nil
@@ -93,7 +102,11 @@ func (p *Presenter) startup(ctx context.Context, owner string) {
 		return
 	}
 	persistent := 0
+	menu := p.indicatorRunning()
 	for _, r := range recs {
+		if r.Card.Persist && menu {
+			continue // an entry of the messaging indicator: never a bubble again
+		}
 		if r.Card.Persist {
 			persistent++
 			continue
@@ -135,6 +148,9 @@ func (p *Presenter) reshow(ctx context.Context) {
 		return
 	}
 	n := 0
+	if p.indicatorRunning() {
+		return // persistent cards are the messaging indicator's entries
+	}
 	for _, rec := range recs {
 		if !rec.Card.Persist || p.isLive(rec.AppID, rec.ID) {
 			continue
@@ -194,6 +210,13 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 			return
 		}
 		name, _, newOwner, err := parseNameOwnerChanged(s.Body)
+		if err == nil && name == indicatorName {
+			if newOwner == "" {
+				p.log.Info("messaging indicator gone")
+			}
+			p.indicatorAppeared(ctx, newOwner)
+			return
+		}
 		if err != nil || name != notifyName {
 			return
 		}
@@ -211,6 +234,11 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 		if newOwner != "" && p.store != nil {
 			p.reshow(ctx)
 		}
+	case dconfWriterIface + ".Notify":
+		if p.settings != nil {
+			p.settings.Changed()
+			p.log.Debug("settings changed", "sender", s.Sender)
+		}
 	case actionSig:
 		id, key, err := checkSignalBody(p, s, parseActionInvoked)
 		if err != nil {
@@ -226,18 +254,9 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 			p.log.Debug("unknown action ignored", "app_id", sh.appID, "id", id, "key", key)
 			return
 		}
-		entry := p.desktopEntry(sh.appID)
-		if err := CheckActionURL(sh.appID, entry, sh.action); err != nil {
-			p.log.Warn("action refused", "app_id", sh.appID, "id", id, "err", err)
-			return
-		}
-		p.log.Info("notification action", "app_id", sh.appID, "msg_id", sh.msgID, "id", id)
-		p.log.Debug("launching", "app_id", sh.appID, "url", sh.action)
 		lctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
 		defer cancel()
-		if err := p.launch.Launch(lctx, LaunchRequest{AppID: sh.appID, URL: sh.action, Entry: entry}); err != nil {
-			p.log.Error("cannot launch app for notification action", "app_id", sh.appID, "err", err)
-		}
+		p.activate(lctx, sh.appID, sh.msgID, sh.action)
 	case closedSig:
 		id, reason, err := checkSignalBody(p, s, parseNotificationClosed)
 		if err != nil {

@@ -20,6 +20,20 @@ test | demo)
 	want Xvfb xvfb
 	want node nodejs
 	want npm npm
+	# The real Debian Lomiri parts the Lomiri platform tests run on private buses.
+	want gsettings libglib2.0-bin
+	want dconf dconf-cli
+	want /usr/libexec/dconf-service dconf-service
+	want aa-exec apparmor
+	want /usr/libexec/ayatana-indicator-messages/ayatana-indicator-messages-service ayatana-indicator-messages
+	want /usr/libexec/hfd-service hfd-service
+	for f in /usr/share/glib-2.0/schemas/com.lomiri.notifications.settings.gschema.xml:lomiri-schemas \
+		/usr/share/sounds/lomiri/notifications/Xylo.ogg:lomiri-sounds; do
+		[ -e "${f%%:*}" ] || need+=("${f##*:}")
+	done
+	if ! compgen -G '/usr/lib/*/lomiri-url-dispatcher/lomiri-url-dispatcher' >/dev/null; then
+		need+=(lomiri-url-dispatcher)
+	fi
 	;;
 esac
 if [ "$what" = test ]; then

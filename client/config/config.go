@@ -69,6 +69,7 @@ type Config struct {
 // Env is the part of the environment the daemon uses, read only by LoadConfig.
 type Env struct {
 	SessionBus string   // session bus address
+	SystemBus  string   // $DBUS_SYSTEM_BUS_ADDRESS, else the standard socket
 	ConfigHome string   // $XDG_CONFIG_HOME
 	ConfigDirs []string // $XDG_CONFIG_DIRS
 	StateHome  string   // $XDG_STATE_HOME
@@ -151,6 +152,10 @@ func ReadEnv(getenv func(string) string) Env {
 	e.ConfigDirs = list(getenv("XDG_CONFIG_DIRS"), "/etc/xdg")
 	e.DataDirs = list(getenv("XDG_DATA_DIRS"), "/usr/local/share:/usr/share")
 	e.SessionBus = getenv("DBUS_SESSION_BUS_ADDRESS")
+	e.SystemBus = getenv("DBUS_SYSTEM_BUS_ADDRESS")
+	if e.SystemBus == "" {
+		e.SystemBus = "unix:path=/var/run/dbus/system_bus_socket"
+	}
 	if e.SessionBus == "" && e.RuntimeDir != "" {
 		e.SessionBus = "unix:path=" + filepath.Join(e.RuntimeDir, "bus")
 	}

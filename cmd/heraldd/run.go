@@ -57,9 +57,21 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 		CacheHome: cfg.Env.CacheHome, AppArmor: helpers.AppArmor{FS: cfg.AppArmorFS},
 		Logger: logger.With("part", "helpers"),
 	})
+	// The system bus carries AccountsService's sound settings and
+	// hfd-service; without it those are left out.
+	var sys *dbus.Conn
+	if cfg.Env.SystemBus != "" {
+		if sys, err = dbus.Connect(cfg.Env.SystemBus); err != nil {
+			logger.Info("no system bus for sound settings and vibration", "err", err)
+			sys = nil
+		} else {
+			defer sys.Close()
+		}
+	}
 	pres := notifications.New(notifications.Options{
 		Conn: conn, Store: notificationStore{st}, Logger: logger.With("part", "notifications"),
-		DataDirs: append([]string{cfg.Env.DataHome}, cfg.Env.DataDirs...),
+		DataDirs:   append([]string{cfg.Env.DataHome}, cfg.Env.DataDirs...),
+		SystemConn: sys, UID: os.Getuid(), Settings: &notifications.Settings{},
 	})
 	d := client.New(client.Options{
 		Config: cfg, Store: st, Processor: processor{runner}, Presenter: presenter{pres},

@@ -45,6 +45,7 @@ type worldOptions struct {
 	server string
 	// configFor, when set, makes config.toml from the server's HTTP base URL.
 	configFor func(httpBase string) string
+	daemonEnv []string
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -116,7 +117,7 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	default:
 		target = o.server
 	}
-	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, nil, o.daemonArgs...)
+	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, o.daemonEnv, o.daemonArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
