@@ -184,13 +184,15 @@ func (p *Presenter) checkAction(ctx context.Context, appID string, e *app.Deskto
 
 // activate opens an accepted action URL: DispatchURL restricted to the app's
 // package where the URL dispatcher runs, else the Launcher.
-func (p *Presenter) activate(ctx context.Context, appID, msgID, u string) {
+//
+// id is the notification id of a bubble, 0 for a messaging-menu entry.
+func (p *Presenter) activate(ctx context.Context, appID, msgID, u string, id uint32) {
 	entry := p.desktopEntry(appID)
 	if err := p.checkAction(ctx, appID, entry, u); err != nil {
-		p.log.Warn("action refused", "app_id", appID, "msg_id", msgID, "err", err)
+		p.log.Warn("action refused", "app_id", appID, "msg_id", msgID, "id", id, "err", err)
 		return
 	}
-	p.log.Info("notification action", "app_id", appID, "msg_id", msgID)
+	p.log.Info("notification action", "app_id", appID, "msg_id", msgID, "id", id)
 	p.log.Debug("launching", "app_id", appID, "url", u)
 	if p.useDispatcher(ctx) {
 		if err := p.dispatch(ctx, appID, u); err != nil {

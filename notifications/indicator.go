@@ -184,7 +184,7 @@ func (m *menuApp) ActivateMessage(sender dbus.Sender, id, action string, params 
 		m.p.forgetMenuRecord(m.appID, r)
 		if len(r.Card.Actions) > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
-			m.p.activate(ctx, m.appID, r.MsgID, r.Card.Actions[0])
+			m.p.activate(ctx, m.appID, r.MsgID, r.Card.Actions[0], 0)
 			cancel()
 		}
 		return nil

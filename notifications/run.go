@@ -256,7 +256,7 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 		}
 		lctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
 		defer cancel()
-		p.activate(lctx, sh.appID, sh.msgID, sh.action)
+		p.activate(lctx, sh.appID, sh.msgID, sh.action, id)
 	case closedSig:
 		id, reason, err := checkSignalBody(p, s, parseNotificationClosed)
 		if err != nil {

@@ -90,7 +90,7 @@ func (s *Settings) list(ctx context.Context, schema string) (map[string]string, 
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		if strings.Contains(stderr.String(), "No such schema") {
+		if e := stderr.String(); strings.Contains(e, "No such schema") || strings.Contains(e, "No schemas installed") {
 			return nil, errNoSchema
 		}
 		return nil, fmt.Errorf("gsettings list-recursively %s: %w: %s", schema, err, strings.TrimSpace(stderr.String()))
@@ -207,7 +207,7 @@ func SetApplications(ctx context.Context, gsettings string, apps []string) ([]st
 		switch {
 		case err == nil:
 			written = append(written, schema)
-		case strings.Contains(string(out), "No such schema"):
+		case strings.Contains(string(out), "No such schema"), strings.Contains(string(out), "No schemas installed"):
 		default:
 			errs = append(errs, fmt.Errorf("cannot set %s applications: %w: %s", schema, err, strings.TrimSpace(string(out))))
 		}
