@@ -15,7 +15,8 @@ import (
 	"github.com/heraldpush/herald/app"
 )
 
-// Bus names the Service owns.
+// Bus names the Service owns; the management name last, so that its owner
+// change says every name is owned.
 var busNames = []string{
 	"com.lomiri.PushNotifications",
 	"com.lomiri.Postal",
@@ -89,7 +90,22 @@ type Service struct {
 	// forgotten (guarded by mu), when set (tests), is called after a name's identity was
 	// dropped from the cache.
 	forgotten func(name string)
+
+	lost     chan string // receives a bus name another daemon took over
+	lostOnce sync.Once
 }
+
+// replaceable reports whether name is taken as upstream takes it: with
+// replacement allowed both ways, so that heraldd can take over from
+// lomiri-push-service (or ubuntu-push-client) and be taken over by it.
+func replaceable(name string) bool {
+	return strings.HasPrefix(name, "com.lomiri.") || strings.HasPrefix(name, "com.ubuntu.")
+}
+
+// Lost is closed when another daemon took over one of the Lomiri/Ubuntu bus
+// names (DESIGN §6: replacement allowed); as upstream, the daemon should then
+// stop.
+func (s *Service) Lost() <-chan string { return s.lost }
 
 // New checks cfg and builds a Service; it does not touch the bus.
 func New(cfg Config) (*Service, error) {
@@ -114,6 +130,7 @@ func New(cfg Config) (*Service, error) {
 		log:     cfg.Logger,
 		backend: cfg.Backend,
 		uid:     uint32(os.Getuid()),
+		lost:    make(chan string, 1),
 		ctx:     ctx,
 		cancel:  cancel,
 		idCache: map[string]Identity{},
@@ -160,8 +177,25 @@ func (s *Service) Start(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 
+	// A second heraldd stops here, before it takes the Lomiri/Ubuntu names
+	// (replaceable: they would be taken from the first).
+	for _, name := range []string{DaemonName, DistributorName} {
+		var has bool
+		if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, name).Store(&has); err != nil {
+			s.Close()
+			return fmt.Errorf("cannot check bus name %s: %w", name, err)
+		}
+		if has {
+			s.Close()
+			return fmt.Errorf("bus name %s is already owned by another process (is another heraldd running?)", name)
+		}
+	}
 	for _, name := range busNames {
-		reply, err := conn.RequestName(name, dbus.NameFlagDoNotQueue)
+		flags := dbus.NameFlagDoNotQueue
+		if replaceable(name) {
+			flags |= dbus.NameFlagAllowReplacement | dbus.NameFlagReplaceExisting
+		}
+		reply, err := conn.RequestName(name, flags)
 		if err != nil {
 			s.Close()
 			return fmt.Errorf("cannot request bus name %s: %w", name, err)
@@ -221,6 +255,13 @@ func (s *Service) getConn() (*dbus.Conn, error) {
 // signalLoop drops cached identities of names that left the bus.
 func (s *Service) signalLoop(ch <-chan *dbus.Signal) {
 	for sig := range ch {
+		if sig.Name == "org.freedesktop.DBus.NameLost" && sig.Sender == "org.freedesktop.DBus" && len(sig.Body) == 1 {
+			if name, ok := sig.Body[0].(string); ok && replaceable(name) && s.owns(name) {
+				s.log.Error("bus name taken over by another push daemon; stopping", "name", name)
+				s.lostOnce.Do(func() { s.lost <- name; close(s.lost) })
+			}
+			continue
+		}
 		if sig.Name != "org.freedesktop.DBus.NameOwnerChanged" || sig.Sender != "org.freedesktop.DBus" || len(sig.Body) != 3 {
 			continue
 		}
@@ -237,6 +278,18 @@ func (s *Service) signalLoop(ch <-chan *dbus.Signal) {
 			forgotten(name)
 		}
 	}
+}
+
+// owns reports whether the Service holds name.
+func (s *Service) owns(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.owned {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // cachedIdentity returns the cached identity of a unique name.

@@ -585,3 +585,48 @@ func TestOtherUserRefused(t *testing.T) {
 		t.Errorf("backend reached by another user: %q", calls)
 	}
 }
+
+// TestLomiriNamesReplaceable: the Lomiri/Ubuntu names are taken as upstream
+// takes them (DESIGN §6): heraldd replaces a push daemon that allowed it,
+// and a daemon that asks to replace heraldd gets the name and heraldd is
+// told through Lost.
+func TestLomiriNamesReplaceable(t *testing.T) {
+	bus := testbus.Start(t)
+	old := bus.Conn(t)
+	if r, err := old.RequestName("com.lomiri.Postal", dbus.NameFlagAllowReplacement|dbus.NameFlagDoNotQueue); err != nil || r != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("old daemon cannot own com.lomiri.Postal: %v %v", r, err)
+	}
+	svc, err := New(Config{Address: bus.Address, Backend: &fakeBackend{}, ProcRoot: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatalf("Start beside a replaceable lomiri-push-service: %v", err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	var owner string
+	if err := old.BusObject().Call("org.freedesktop.DBus.GetNameOwner", 0, "com.lomiri.Postal").Store(&owner); err != nil || owner == old.Names()[0] {
+		t.Fatalf("com.lomiri.Postal owner = %q (%v), want heraldd", owner, err)
+	}
+	select {
+	case name := <-svc.Lost():
+		t.Fatalf("Lost(%s) before anything took a name", name)
+	default:
+	}
+	next := bus.Conn(t)
+	if r, err := next.RequestName("com.ubuntu.Postal", dbus.NameFlagReplaceExisting|dbus.NameFlagDoNotQueue); err != nil || r != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("a new push daemon cannot replace heraldd on com.ubuntu.Postal: %v %v", r, err)
+	}
+	select {
+	case name := <-svc.Lost():
+		if name != "com.ubuntu.Postal" {
+			t.Errorf("Lost = %q, want com.ubuntu.Postal", name)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Lost not signalled after the name was taken over")
+	}
+	// Herald's own names are never given away.
+	if r, err := next.RequestName(DaemonName, dbus.NameFlagReplaceExisting|dbus.NameFlagDoNotQueue); err != nil || r == dbus.RequestNameReplyPrimaryOwner {
+		t.Errorf("%s taken from heraldd: %v %v", DaemonName, r, err)
+	}
+}

@@ -67,6 +67,8 @@ want=(
 	/usr/share/dbus-1/services/org.herald.Daemon.service
 	/usr/share/doc/herald/examples/helper
 	/usr/share/doc/herald/examples/com.example.hello_hello.json
+	/usr/share/click/hooks/push-helper.hook
+	/usr/libexec/herald/click-hook-wrapper
 )
 for f in "${want[@]}"; do
 	[ -e "$f" ] || fail "$f not installed"
@@ -78,6 +80,14 @@ for m in heraldd herald herald-server; do
 	man -w "$m" >/dev/null 2>&1 || fail "no man page for $m"
 done
 ls /usr/share/dbus-1/interfaces/*.xml >/dev/null 2>&1 || fail "no D-Bus interface XML in /usr/share/dbus-1/interfaces"
+# Herald replaces the Lomiri push service (issue 15): the relations, and a
+# click hook whose Exec is the installed wrapper.
+for rel in "Provides: lomiri-push-service" "Conflicts: lomiri-push-service, ubuntu-push-client" \
+	"Replaces: lomiri-push-service, ubuntu-push-client"; do
+	dpkg-deb -f "${debs[0]}" "${rel%%:*}" | grep -qx "${rel#*: }" || fail "herald.deb has no '$rel'"
+done
+hook_exec=$(sed -n 's/^Exec: //p' /usr/share/click/hooks/push-helper.hook)
+[ -x "$hook_exec" ] || fail "push-helper.hook: Exec $hook_exec is not an installed executable"
 
 # Every binary a unit or a D-Bus service file starts exists, and every
 # SystemdService= names the installed user unit.

@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/godbus/dbus/v5"
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
@@ -119,7 +122,7 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 			add(fmt.Sprintf("heraldd %s connection (%s, %d apps)", c.Backend, c.State, apps), cerr, "check the network and the server; 'herald status' shows the last error")
 		}
 		finder := helpers.NewFinder(helpers.Dirs{DataHome: env.DataHome, DataDirs: env.DataDirs, LomiriDataHome: env.DataHome,
-			LegacyDirs: []string{"/usr/lib/lomiri-push-service/legacy-helpers"}}, quiet)
+			LegacyDirs: helpers.LegacyDirs()}, quiet)
 		for _, r := range st.Registrations {
 			if r.Kind != string(app.KindLomiri) {
 				continue
@@ -130,6 +133,10 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 				continue
 			}
 			add("helper of "+r.AppID+": "+h.Exec, h.Check(), "reinstall the app, or fix "+h.Source)
+			if h.Profile != "" {
+				add("confinement of the helper of "+r.AppID, checkProfile(cfg.AppArmorFS, h.Profile),
+					"reinstall the app so that click loads its AppArmor profiles (aa-status lists them)")
+			}
 		}
 	}
 	var owner string
@@ -138,6 +145,7 @@ func (e *cli) doctor(ctx context.Context, configPath string) []check {
 		err = errors.New("no notification server on the session bus")
 	}
 	add("notification server", err, "start your desktop's notification daemon (for example dunst or mako)")
+	out = append(out, lomiriChecks(ctx, conn, cfg)...)
 	return out
 }
 
@@ -289,4 +297,82 @@ func checkLomiri(ctx context.Context, l config.LomiriConfig) error {
 		return fmt.Errorf("%s answered no delivery hosts", l.Addr)
 	}
 	return nil
+}
+
+// lomiriChecks are the checks of the Lomiri platform (issue 15): who owns
+// the Lomiri/Ubuntu push names, the click hook, AppArmor, and which Lomiri
+// services heraldd will use.
+func lomiriChecks(ctx context.Context, conn *dbus.Conn, cfg config.Config) []check {
+	var out []check
+	add := func(name string, err error, fix string) { out = append(out, check{name, err, fix}) }
+	owner := func(name string) string {
+		var o string
+		_ = conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, name).Store(&o)
+		return o
+	}
+	herald := owner("org.herald.Daemon")
+	for _, name := range []string{"com.lomiri.Postal", "com.ubuntu.Postal"} {
+		var err error
+		if o := owner(name); o != "" && o != herald {
+			err = fmt.Errorf("%s is owned by %s, not heraldd (lomiri-push-service or ubuntu-push-client runs)", name, o)
+		}
+		add("bus name "+name, err, "stop the other push daemon (systemctl --user disable --now lomiri-push-service) and restart heraldd")
+	}
+	const hook = "/usr/share/click/hooks/push-helper.hook"
+	if _, err := exec.LookPath("click"); err == nil {
+		b, err := os.ReadFile(hook)
+		if err == nil && !strings.Contains(string(b), "/usr/libexec/herald/click-hook-wrapper") {
+			err = fmt.Errorf("%s is not Herald's (another push service's hook is installed)", hook)
+		}
+		add("click push-helper hook", err, "reinstall the herald package; then run 'herald click-hook'")
+	} else {
+		add("click push-helper hook (no click: only Herald manifests and helpers_data.json)", nil, "")
+	}
+	if _, err := os.Stat(cfg.AppArmorFS); err == nil {
+		_, err := exec.LookPath("aa-exec")
+		add("AppArmor enabled: confined click helpers run with aa-exec", err, "install the apparmor package (aa-exec)")
+	} else {
+		add("AppArmor not enabled: click helpers run unconfined", nil, "")
+	}
+	schemas := "none: every app has every switch on"
+	if out, err := exec.CommandContext(ctx, "gsettings", "list-schemas").Output(); err == nil {
+		switch {
+		case strings.Contains(string(out), "com.lomiri.notifications.settings\n"):
+			schemas = "com.lomiri.notifications.settings"
+		case strings.Contains(string(out), "com.ubuntu.notifications.settings\n"):
+			schemas = "com.ubuntu.notifications.settings"
+		}
+	}
+	add("per-app notification settings: "+schemas, nil, "")
+	for _, s := range []struct{ name, what string }{
+		{"org.ayatana.indicator.messages", "messaging indicator (persistent cards)"},
+		{"com.lomiri.URLDispatcher", "URL dispatcher (actions)"},
+		{"com.lomiri.Shell.Launcher", "Lomiri launcher (counters)"},
+		{"com.lomiri.LomiriGreeter", "Lomiri greeter (x-lomiri hints)"},
+	} {
+		state := "not running"
+		if owner(s.name) != "" {
+			state = "running"
+		}
+		add(s.what+": "+state, nil, "")
+	}
+	return out
+}
+
+// checkProfile reports whether a confined helper's AppArmor profile is
+// loaded when AppArmor is enabled.
+func checkProfile(securityFS, profile string) error {
+	b, err := os.ReadFile(filepath.Join(securityFS, "profiles"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // AppArmor not enabled: the helper runs unconfined
+	}
+	if err != nil {
+		return fmt.Errorf("cannot read the loaded AppArmor profiles: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if n, _, ok := strings.Cut(line, " ("); ok && n == profile {
+			return nil
+		}
+	}
+	return fmt.Errorf("AppArmor profile %s is not loaded: heraldd refuses to run the helper", profile)
 }

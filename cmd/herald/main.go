@@ -23,6 +23,7 @@ Commands:
   send [flags] ENDPOINT MESSAGE
                            post MESSAGE to a Web Push endpoint, as an app server would
   register APP_ID          register a Lomiri app and print its token (for demos and tests)
+  click-hook               rebuild the click helper database and the System Settings app list (run by click)
   help [COMMAND]           show help
 
 Run 'herald help COMMAND' or 'herald COMMAND --help' for a command's flags.
@@ -47,7 +48,7 @@ var errUsage = errors.New("usage")
 var errFailed = errors.New("failed")
 
 func commands() []*command {
-	return []*command{statusCmd(), inboxCmd(), doctorCmd(), sendCmd(), registerCmd()}
+	return []*command{statusCmd(), inboxCmd(), doctorCmd(), sendCmd(), registerCmd(), clickHookCmd()}
 }
 
 func main() {

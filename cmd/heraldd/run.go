@@ -118,9 +118,14 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 		g.Go(func() error { return watchdog(gctx, d, cfg.Env.Watchdog/2, logger) })
 	}
 
+	var lostErr error
 	select {
 	case <-ctx.Done():
 	case <-gctx.Done(): // a part failed
+	case name := <-svc.Lost():
+		// As upstream: another push daemon replaced us on a Lomiri/Ubuntu
+		// name, so this one stops and leaves the session to it.
+		lostErr = fmt.Errorf("bus name %s taken over by another push daemon", name)
 	}
 	logger.Info("heraldd stopping")
 	notify(logger, sddaemon.SdNotifyStopping)
@@ -131,6 +136,9 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
+	}
+	if lostErr != nil {
+		err = lostErr
 	}
 	return err // the deferred st.Close flushes and closes the store
 }
