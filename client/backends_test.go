@@ -5,12 +5,14 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/ntfy"
 	"github.com/heraldpush/herald/client/push"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
@@ -173,8 +175,8 @@ func TestBackendNotAvailable(t *testing.T) {
 	}
 	defer st.Close()
 	cfg := config.DefaultConfig()
-	cfg.Ntfy.URL = "https://ntfy.test"
-	cfg.UnifiedPush.Backend = app.BackendNtfy
+	cfg.Lomiri.Use = false
+	cfg.UnifiedPush.Backend = app.BackendLomiri // not a UnifiedPush backend, and not running
 	d := New(Options{Config: cfg, Store: st})
 	_, err = d.RegisterUnifiedPush(context.Background(), dbusapi.UPRegistration{AppID: "org.example.Up", Service: "org.example.Up", Token: "t", Version: 2})
 	if !errors.Is(err, errUnavailable) {
@@ -182,5 +184,37 @@ func TestBackendNotAvailable(t *testing.T) {
 	}
 	if regs, _ := st.Registrations(context.Background()); len(regs) != 0 {
 		t.Fatalf("stored %+v", regs)
+	}
+}
+
+// TestNtfyRegistration: with [unifiedpush] backend = "ntfy" a registration
+// gets an ntfy endpoint made up locally (no request to the server), and
+// keeps it.
+func TestNtfyRegistration(t *testing.T) {
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "herald.db"), store.Options{Synchronous: "NORMAL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cfg := config.DefaultConfig()
+	cfg.Ntfy.URL = "https://ntfy.test/"
+	cfg.UnifiedPush.Backend = app.BackendNtfy
+	d := New(Options{Config: cfg, Store: st})
+	u := dbusapi.UPRegistration{AppID: "org.example.Up", Service: "org.example.Up", Token: "t", Version: 2}
+	ep, err := d.RegisterUnifiedPush(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, ok := strings.CutPrefix(ep, "https://ntfy.test/")
+	topic, ok2 := strings.CutSuffix(topic, "?up=1")
+	if !ok || !ok2 || !ntfy.ValidTopic(topic) {
+		t.Fatalf("endpoint %q, want https://ntfy.test/up…?up=1", ep)
+	}
+	regs, _ := st.Registrations(context.Background())
+	if len(regs) != 1 || regs[0].Backend != app.BackendNtfy || regs[0].Endpoint != ep {
+		t.Fatalf("stored %+v", regs)
+	}
+	if again, err := d.RegisterUnifiedPush(context.Background(), u); err != nil || again != ep {
+		t.Errorf("Register again = %q, %v; want the same endpoint", again, err)
 	}
 }

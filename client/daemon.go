@@ -30,6 +30,7 @@ import (
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/ntfy"
 	"github.com/heraldpush/herald/client/push"
 	"github.com/heraldpush/herald/client/session"
 	"github.com/heraldpush/herald/client/store"
@@ -177,6 +178,18 @@ func New(o Options) *Daemon {
 			o.SessionConfig(&sc)
 		}
 		d.AddBackend(newAutopush(d, sc))
+	}
+	if n := o.Config.Ntfy; n.URL != "" {
+		nc := ntfy.Config{URL: n.URL, User: n.User, Password: n.Password, Token: n.Token, Logger: o.Logger.With("part", "ntfy"),
+			Backoff: ntfy.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute}}
+		if nc.Backoff.Min <= 0 || nc.Backoff.Max <= 0 {
+			nc.Backoff = ntfy.DefaultBackoff
+		}
+		if nb, err := ntfy.NewBackend(nc, d); err != nil {
+			d.log.Error("ntfy backend cannot start", "err", err)
+		} else {
+			d.AddBackend(nb)
+		}
 	}
 	if o.Config.Lomiri.Use {
 		if lb, err := newLomiriBackend(d, o.Config.Lomiri); err != nil {

@@ -19,6 +19,10 @@ import (
 // is configured: Mozilla's public push service, the one Firefox uses.
 const DefaultServer = "wss://push.services.mozilla.com/"
 
+// DefaultNtfyURL is the ntfy server of [unifiedpush] backend = "ntfy" when
+// [ntfy] names none: the public ntfy.sh.
+const DefaultNtfyURL = "https://ntfy.sh"
+
 // Config is heraldd's configuration. Every key is optional.
 type Config struct {
 	// Server is the websocket URL of the autopush server (ws:// or wss://):
@@ -117,6 +121,7 @@ func DefaultConfig() Config {
 		Durability:        "full",
 		AppArmorFS:        "/sys/kernel/security/apparmor",
 		Lomiri:            defaultLomiri(),
+		Ntfy:              NtfyConfig{URL: DefaultNtfyURL},
 		Urgency:           defaultUrgency(),
 	}
 }

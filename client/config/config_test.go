@@ -229,13 +229,16 @@ func TestBackendTables(t *testing.T) {
 		{"autopush", "[unifiedpush]\nbackend = \"autopush\"\n", app.BackendAutopush},
 		{"ntfy", "[ntfy]\nurl = \"https://ntfy.example\"\ntoken = \"tk\"\n[unifiedpush]\nbackend = \"ntfy\"\n", app.BackendNtfy},
 		{"ntfy basic auth", "[ntfy]\nurl = \"http://127.0.0.1:1\"\nuser = \"u\"\npassword = \"p\"\n", app.BackendAutopush},
-		{"ntfy without url", "[unifiedpush]\nbackend = \"ntfy\"\n", ""},
+		{"ntfy without url: ntfy.sh", "[unifiedpush]\nbackend = \"ntfy\"\n", app.BackendNtfy},
+		{"ntfy in one line", "unifiedpush.backend = \"ntfy\"\n[lomiri]\nenabled = false\n", app.BackendNtfy},
+		{"ntfy without url, explicitly empty", "[ntfy]\nurl = \"\"\n[unifiedpush]\nbackend = \"ntfy\"\n", ""},
 		{"unknown backend", "[unifiedpush]\nbackend = \"gcm\"\n", ""},
 		{"ntfy bad url", "[ntfy]\nurl = \"ws://x\"\n", ""},
 		{"ntfy credentials in url", "[ntfy]\nurl = \"https://u:p@ntfy.example\"\n", ""},
 		{"ntfy token and user", "[ntfy]\nurl = \"https://ntfy.example\"\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n", ""},
 		{"ntfy user without password", "[ntfy]\nurl = \"https://ntfy.example\"\nuser = \"u\"\n", ""},
-		{"ntfy credentials without url", "[ntfy]\ntoken = \"t\"\n", ""},
+		{"ntfy credentials for ntfy.sh", "[ntfy]\ntoken = \"t\"\n", app.BackendAutopush},
+		{"ntfy credentials without url", "[ntfy]\nurl = \"\"\ntoken = \"t\"\n", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

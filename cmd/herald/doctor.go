@@ -164,7 +164,12 @@ func pushServers(ctx context.Context, cfg config.Config) []check {
 		}
 		return check{name, checkAutopush(ctx, cfg.Server), "check the network and the URL; 'herald status' shows the daemon's last error"}
 	}
-	out = append(out, autopush("UnifiedPush apps"))
+	if cfg.UnifiedPush.Backend == app.BackendNtfy {
+		out = append(out, check{"UnifiedPush apps: ntfy server " + cfg.Ntfy.URL, checkNtfy(ctx, cfg.Ntfy),
+			"check the network, and url (and user/password or token) in [ntfy]"})
+	} else {
+		out = append(out, autopush("UnifiedPush apps"))
+	}
 	if l := cfg.Lomiri; l.Use {
 		from := l.Source
 		if l.Source == config.LomiriFromUpstream && l.Upstream != nil {
@@ -181,6 +186,37 @@ func pushServers(ctx context.Context, cfg config.Config) []check {
 		out = append(out, autopush(name))
 	}
 	return out
+}
+
+// checkNtfy checks that the ntfy server answers its documented health
+// check, GET /v1/health → {"healthy":true}, with the configured
+// credentials.
+func checkNtfy(ctx context.Context, n config.NtfyConfig) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	u := strings.TrimRight(n.URL, "/") + "/v1/health"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	switch {
+	case n.Token != "":
+		req.Header.Set("Authorization", "Bearer "+n.Token)
+	case n.User != "":
+		req.SetBasicAuth(n.User, n.Password)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %w", n.URL, err)
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Healthy bool `json:"healthy"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&h) != nil || !h.Healthy {
+		return fmt.Errorf("%s answered %s, not {\"healthy\":true}", u, resp.Status)
+	}
+	return nil
 }
 
 // checkAutopush checks that an autopush server answers HTTP at its origin:

@@ -17,6 +17,7 @@ import (
 
 	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/internal/harness"
+	"github.com/heraldpush/herald/internal/ntfytest"
 	"github.com/heraldpush/herald/internal/testbus"
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
@@ -311,4 +312,33 @@ func TestDoctorLomiriUpstreamConfig(t *testing.T) {
 		t.Fatalf("doctor output lacks %q:\n%s", want, r.stdout)
 	}
 	t.Logf("herald doctor:\n%s", r.stdout)
+}
+
+// TestDoctorNtfy: with [unifiedpush] backend = "ntfy", doctor names the ntfy
+// server and checks its health endpoint with the configured credentials
+// (internal/ntfytest, a test double of ntfy's documented HTTP API).
+func TestDoctorNtfy(t *testing.T) {
+	srv := ntfytest.New()
+	defer srv.Close()
+	srv.Tokens = []string{"tk_good"}
+	for _, tt := range []struct {
+		token string
+		want  string
+	}{
+		{"tk_good", "ok    UnifiedPush apps: ntfy server " + srv.URL},
+		{"tk_bad", "FAIL  UnifiedPush apps: ntfy server " + srv.URL},
+	} {
+		home := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(home, ".config", "herald"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := "unifiedpush.backend = \"ntfy\"\nserver = \"ws://127.0.0.1:1/\"\n[lomiri]\nenabled = false\n[ntfy]\nurl = \"" + srv.URL + "\"\ntoken = \"" + tt.token + "\"\n"
+		if err := os.WriteFile(filepath.Join(home, ".config", "herald", "config.toml"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runCLI(t, map[string]string{"HOME": home}, "doctor")
+		if !strings.Contains(r.stdout, tt.want) {
+			t.Errorf("doctor with token %s lacks %q:\n%s", tt.token, tt.want, r.stdout)
+		}
+	}
 }

@@ -12,6 +12,7 @@
 //     a message id: the messages after it in cache order for all topics, an
 //     unknown id: every cached message), then live messages; "keepalive"
 //     events when asked (Keepalive);
+//   - GET /v1/health: {"healthy":true};
 //   - auth: Basic or Bearer, checked against Users/Tokens when set.
 //
 // A test can also make a live message arrive during the replay as well
@@ -131,6 +132,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case (r.Method == http.MethodPost || r.Method == http.MethodPut) && topicRe.MatchString(path):
 		s.publish(w, r, path)
+	case r.Method == http.MethodGet && path == "v1/health":
+		io.WriteString(w, `{"healthy":true}`+"\n")
 	case r.Method == http.MethodGet && strings.HasSuffix(path, "/json"):
 		s.subscribe(w, r, strings.Split(strings.TrimSuffix(path, "/json"), ","))
 	case r.Method == http.MethodGet && topicRe.MatchString(path) && r.URL.Query().Get("up") == "1":
