@@ -179,7 +179,9 @@ func New(o Options) *Daemon {
 		}
 		d.AddBackend(newAutopush(d, sc))
 	}
-	if n := o.Config.Ntfy; n.URL != "" {
+	// The ntfy backend runs when UnifiedPush apps register there, or when
+	// registrations from before a switch still live there.
+	if n := o.Config.Ntfy; n.URL != "" && (o.Config.UnifiedPush.Backend == app.BackendNtfy || d.hasRegsOn(app.BackendNtfy)) {
 		nc := ntfy.Config{URL: n.URL, User: n.User, Password: n.Password, Token: n.Token, Logger: o.Logger.With("part", "ntfy"),
 			Backoff: ntfy.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute}}
 		if nc.Backoff.Min <= 0 || nc.Backoff.Max <= 0 {
@@ -199,6 +201,19 @@ func New(o Options) *Daemon {
 		}
 	}
 	return d
+}
+
+// hasRegsOn reports whether a stored registration lives on backend b.
+func (d *Daemon) hasRegsOn(b app.Backend) bool {
+	if d.st == nil {
+		return false
+	}
+	regs, err := d.st.Registrations(context.Background())
+	if err != nil {
+		d.log.Warn("cannot read registrations", "err", err)
+		return false
+	}
+	return slices.ContainsFunc(regs, func(r store.Registration) bool { return r.Backend == b })
 }
 
 // AddBackend adds a push service (one per name; a second one with the same
