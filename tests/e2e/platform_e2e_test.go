@@ -36,11 +36,11 @@ import (
 // notification server (the Lomiri shell's, here recorded by a fake).
 
 const (
-	schemaDir     = "/usr/share/glib-2.0/schemas"
-	dconfService  = "/usr/libexec/dconf-service"
-	indicatorBin  = "/usr/libexec/ayatana-indicator-messages/ayatana-indicator-messages-service"
-	hfdBin        = "/usr/libexec/hfd-service"
-	xylo          = "/usr/share/sounds/lomiri/notifications/Xylo.ogg"
+	schemaDir       = "/usr/share/glib-2.0/schemas"
+	dconfService    = "/usr/libexec/dconf-service"
+	indicatorBin    = "/usr/libexec/ayatana-indicator-messages/ayatana-indicator-messages-service"
+	hfdBin          = "/usr/libexec/hfd-service"
+	xylo            = "/usr/share/sounds/lomiri/notifications/Xylo.ogg"
 	platformApp     = "com.example.lomiri_app"
 	platformVersion = "1.0"
 )
@@ -79,7 +79,7 @@ type platformWorld struct {
 	toolEnv   []string // environment of gsettings, the indicator and the dispatcher
 }
 
-func newPlatformWorld(t *testing.T) *platformWorld {
+func newPlatformWorld(t *testing.T, opts ...func(*worldOptions)) *platformWorld {
 	t.Helper()
 	requireTools(t, "gsettings", "dconf", dconfService, indicatorBin, hfdBin)
 	requireFiles(t, xylo, filepath.Join(schemaDir, "com.lomiri.notifications.settings.gschema.xml"))
@@ -98,11 +98,15 @@ func newPlatformWorld(t *testing.T) *platformWorld {
 	startProc(t, lw.hfdLog, []string{"DBUS_SYSTEM_BUS_ADDRESS=" + sys.Address, "HFD_VIBRATOR_IMPL=dummy", "HFD_LEDS_IMPL=dummy"}, hfdBin)
 	waitOwner(t, sys.Address, "com.lomiri.hfd")
 
-	lw.world = newWorld(t, worldOptions{
+	wo := worldOptions{
 		daemonArgs: []string{"--log-level", "debug"},
 		daemonEnv: []string{"DBUS_SYSTEM_BUS_ADDRESS=" + sys.Address, "GSETTINGS_SCHEMA_DIR=" + schemaDir,
 			"GSETTINGS_BACKEND=dconf"},
-	})
+	}
+	for _, o := range opts {
+		o(&wo)
+	}
+	lw.world = newWorld(t, wo)
 	w := lw.world
 	home := w.daemon.Dir
 	lw.toolEnv = append(harness.CleanEnv(), "DBUS_SESSION_BUS_ADDRESS="+w.bus.Address, "HOME="+home,
@@ -139,7 +143,7 @@ func newPlatformWorld(t *testing.T) *platformWorld {
 	mkdir(t, urls)
 	for name, content := range map[string]string{
 		platformApp + "_" + platformVersion + ".url-dispatcher": `[{"protocol": "dekko"}]`,
-		"com.example.other_app_2.0.url-dispatcher":          `[{"protocol": "other"}]`,
+		"com.example.other_app_2.0.url-dispatcher":              `[{"protocol": "other"}]`,
 	} {
 		if err := os.WriteFile(filepath.Join(urls, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -446,6 +450,9 @@ func TestLomiriPlatformSettingsE2E(t *testing.T) {
 	lw.accounts.set("SilentMode", true)
 	lw.push(token, "four")
 	n = lw.nextNote("four")
+	if n.Summary != "Hi four" {
+		t.Fatalf("first bubble after notifications were off is %q, want \"Hi four\" (\"three\" was pushed with enable-notifications false)", n.Summary)
+	}
 	if _, ok := n.Hints["sound-file"]; ok {
 		t.Errorf("sound-file hint in silent mode: %v", n.Hints)
 	}
@@ -653,4 +660,102 @@ func (lw *platformWorld) indicatorAction(label string) string {
 		}
 	}
 	return ""
+}
+
+// TestLomiriPlatformConfinedHelperE2E: a click app's push helper, installed
+// through the push-helper click hook and registered by `herald click-hook`
+// (which also fills System Settings' applications list on the real dconf),
+// runs through aa-exec under its helper profile <pkg>_<hook>_<version>, and
+// its {} output is accepted as upstream accepts it. This kernel has no
+// AppArmor: aa-exec is a test double on heraldd's PATH (it records the
+// profile and runs the command), and AppArmor's securityfs is a directory
+// whose "profiles" file lists the loaded profiles. A helper whose profile is
+// not loaded is refused.
+func TestLomiriPlatformConfinedHelperE2E(t *testing.T) {
+	root := t.TempDir()
+	aaDir := filepath.Join(root, "aa-bin")
+	mkdir(t, aaDir)
+	double, err := os.ReadFile(filepath.Join("..", "..", "helpers", "testdata", "aa", "aa-exec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeScript(t, filepath.Join(aaDir, "aa-exec"), string(double))
+	secfs := filepath.Join(root, "securityfs")
+	mkdir(t, secfs)
+	if err := os.WriteFile(filepath.Join(secfs, "profiles"), []byte("com.example.lomiri_helper_1.0 (enforce)\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	lw := newPlatformWorld(t, func(o *worldOptions) {
+		o.daemonEnv = append(o.daemonEnv, "PATH="+aaDir+":"+os.Getenv("PATH"))
+		o.config = fmt.Sprintf("apparmor_securityfs = %q\n", secfs)
+	})
+	home := lw.daemon.Dir
+
+	// Two click packages as click installs them, each with a push-helper
+	// hook link; the second's profile is not loaded.
+	hooks := filepath.Join(home, "data", "lomiri-push-service", "helpers")
+	mkdir(t, hooks)
+	for _, p := range []struct{ pkg, app, hookID string }{
+		{"com.example.lomiri", "app", "com.example.lomiri_helper_1.0"},
+		{"com.example.noprofile", "app", "com.example.noprofile_helper_1.0"},
+	} {
+		dir := filepath.Join(root, "click", p.pkg)
+		mkdir(t, dir)
+		// The helper writes {} and records where its files are.
+		writeScript(t, filepath.Join(dir, "helper.sh"), "#!/bin/sh\necho \"$1\" >> "+shQuote(filepath.Join(root, p.pkg+".ran"))+"\nprintf '{}' > \"$2\"\n")
+		manifest := fmt.Sprintf(`{"exec": "helper.sh", "app_id": "%s_%s"}`, p.pkg, p.app)
+		if err := os.WriteFile(filepath.Join(dir, "push-helper.json"), []byte(manifest), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(dir, "push-helper.json"), filepath.Join(hooks, p.hookID+".json")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the click hook's wrapper runs.
+	cmd := exec.Command(built.herald, "click-hook")
+	cmd.Env = lw.toolEnv
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("herald click-hook: %v\n%s", err, out)
+	}
+	t.Logf("herald click-hook:\n%s", out)
+	apps := lw.run("gsettings", "get", "com.lomiri.notifications.settings.applications", "applications")
+	if strings.TrimSpace(apps) != "['com.example.lomiri/app/1.0', 'com.example.noprofile/app/1.0']" {
+		t.Errorf("System Settings applications = %s", apps)
+	}
+
+	token := lw.registerLomiri(platformApp)
+	lw.mustPush(token, `{"hello": 1}`)
+	lw.waitPost(platformApp, 30*time.Second)
+	lw.popWant(platformApp, `{"hello": 1}`) // {} has no message: the payload is queued
+	b, _ := os.ReadFile(filepath.Join(aaDir, "aa-exec.log"))
+	if got := strings.Fields(string(b)); !slicesEqual(got, []string{"com.example.lomiri_helper_1.0"}) {
+		t.Errorf("aa-exec ran with profiles %q, want [com.example.lomiri_helper_1.0]", got)
+	}
+	ran := fileLines(filepath.Join(root, "com.example.lomiri.ran"))
+	if len(ran) != 1 || filepath.Dir(ran[0]) != filepath.Join(home, "cache", "com.example.lomiri") {
+		t.Errorf("helper input files %q, want one in the package's cache dir", ran)
+	}
+	log := lw.daemon.Tail(1 << 20)
+	if strings.Contains(log, "helper failed") {
+		t.Errorf("{} output refused:\n%s", log)
+	}
+
+	const noProfile = "com.example.noprofile_app"
+	token = lw.registerLomiri(noProfile)
+	lw.mustPush(token, `{"n": 2}`)
+	lw.waitPost(noProfile, 30*time.Second)
+	lw.popWant(noProfile, `{"n": 2}`)
+	log = lw.daemon.Tail(1 << 20)
+	if !strings.Contains(log, `profile \"com.example.noprofile_helper_1.0\" is not loaded; helper refused`) {
+		t.Errorf("no refusal logged for the helper without its profile:\n%s", log)
+	}
+	if _, err := os.Stat(filepath.Join(root, "com.example.noprofile.ran")); err == nil {
+		t.Error("the helper without its AppArmor profile ran")
+	}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "helper refused") || strings.Contains(l, "aa-exec") {
+			t.Logf("heraldd: %s", l)
+		}
+	}
 }
