@@ -133,7 +133,7 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 			return err
 		}
 		s.metrics.accepted.WithLabelValues(api).Inc()
-		s.kickLomiri(m.UAID)
+		s.dispatchLomiri(r.Context(), m)
 		return nil
 	}
 	if !m.Expiry.After(now) {

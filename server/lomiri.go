@@ -157,6 +157,7 @@ type lconn struct {
 	nc    net.Conn
 	dev   string        // device id
 	uaid  string        // LomiriUAIDPrefix + dev
+	route Route         // the connection's route when the server is a node
 	kick  chan struct{} // unicast messages may be pending
 	bkick chan struct{} // a broadcast was posted
 	done  chan struct{} // closed by shut
@@ -247,9 +248,6 @@ func (c *lconn) run() {
 	c.uaid = LomiriUAIDPrefix + cm.DeviceId
 	c.info = cm.Info
 	c.levels = cm.Levels
-	if err := c.write(&lomiri.ConnAck{Params: lomiri.ConnAckParams{PingInterval: s.lomiriPing().String()}}); err != nil {
-		return
-	}
 	old, ok := s.lomiri.attach(c)
 	if !ok {
 		return
@@ -257,11 +255,43 @@ func (c *lconn) run() {
 	if old != nil {
 		old.shut() // a newer connection of the same device replaces it
 	}
+	if s.node != nil {
+		// As for websockets: the route is claimed before the first read of
+		// stored messages, so a message stored after it is forwarded here.
+		c.route = Route{Node: s.node.url, Conn: s.node.connID.Add(1)}
+		prev, err := s.store.ClaimRoute(context.Background(), c.uaid, c.route)
+		if err != nil {
+			s.lomiri.detach(c)
+			s.log.Error("cannot claim route", "err", err)
+			return
+		}
+		if prev.Node != "" && prev.Node != c.route.Node {
+			go s.replaceRemote(c.uaid, prev)
+		}
+		defer func() {
+			s.lomiri.mu.Lock()
+			closing := s.lomiri.closing
+			s.lomiri.mu.Unlock()
+			if closing {
+				return // the node's routes are cleared at shutdown
+			}
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.store.ClearRoute(cctx, c.uaid, c.route); err != nil {
+				s.log.Warn("cannot clear route", "err", err)
+			}
+		}()
+	}
 	s.metrics.lomiriConnected.Inc()
 	defer func() {
 		s.lomiri.detach(c)
 		s.metrics.lomiriConnected.Dec()
 	}()
+	// connack once the device is attached (and routed): what is posted
+	// after the device saw it reaches this connection.
+	if err := c.write(&lomiri.ConnAck{Params: lomiri.ConnAckParams{PingInterval: s.lomiriPing().String()}}); err != nil {
+		return
+	}
 	s.log.Debug("lomiri device connected", "device", redact(c.dev), "remote", c.nc.RemoteAddr().String())
 	c.nc.SetDeadline(time.Time{})
 
@@ -445,9 +475,24 @@ func infoString(info map[string]any, key string) string {
 	return v
 }
 
-// kickLomiri tells a connected Lomiri device that messages are pending.
-func (s *Server) kickLomiri(uaid string) {
-	if c := s.lomiri.get(uaid); c != nil {
+// dispatchLomiri tells the device of a stored message that messages are
+// pending: its connection on this node, or the node holding it.
+func (s *Server) dispatchLomiri(ctx context.Context, m *Message) {
+	if s.node != nil {
+		r, err := s.store.Route(ctx, m.UAID)
+		if errors.Is(err, ErrNotFound) {
+			return // not connected: stored for the next connection
+		}
+		if err != nil {
+			s.log.Warn("cannot look up route", "err", err)
+			return
+		}
+		if r.Node != s.node.url {
+			s.forward(ctx, r, m)
+			return
+		}
+	}
+	if c := s.lomiri.get(m.UAID); c != nil {
 		c.poke(c.kick)
 	}
 }

@@ -133,6 +133,10 @@ func (s *Server) handleLomiriRegister(w http.ResponseWriter, r *http.Request) {
 		notifyFail(w, newNotifyError(413, "invalid-request", "Too many apps registered for this device"))
 		return
 	}
+	if errors.Is(err, ErrTooManyChannels) {
+		notifyFail(w, newNotifyError(400, "invalid-request", "Too many applications registered for this device"))
+		return
+	}
 	if err != nil {
 		s.log.Error("cannot register lomiri app", "err", err)
 		notifyFail(w, newNotifyError(503, "unavailable", "Could not make token"))

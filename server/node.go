@@ -196,6 +196,17 @@ func (s *Server) handleNodeDeliver(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "incomplete message", http.StatusBadRequest)
 		return
 	}
+	if IsLomiriUAID(nm.UAID) {
+		// Lomiri messages are always stored first: a kick sends them.
+		lc := s.lomiri.get(nm.UAID)
+		if lc == nil {
+			http.Error(w, "device not connected here", http.StatusNotFound)
+			return
+		}
+		lc.poke(lc.kick)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	c := s.hub.get(nm.UAID)
 	if c == nil {
 		http.Error(w, "device not connected here", http.StatusNotFound)
@@ -214,6 +225,16 @@ func (s *Server) handleNodeReplace(w http.ResponseWriter, r *http.Request) {
 	}
 	var nr nodeReplace
 	if !readNodeBody(w, r, &nr) {
+		return
+	}
+	if IsLomiriUAID(nr.UAID) {
+		lc := s.lomiri.get(nr.UAID)
+		if lc == nil || lc.route.Conn != nr.Conn {
+			http.Error(w, "connection not here", http.StatusNotFound)
+			return
+		}
+		lc.shut()
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	c := s.hub.get(nr.UAID)

@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldpush/herald/internal/pgtest"
 	"github.com/heraldpush/herald/protocol"
+	"github.com/heraldpush/herald/protocol/lomiri"
 )
 
 // onPostgres is the test that runs the server's scenarios again with a
@@ -37,6 +40,10 @@ func TestOnPostgres(t *testing.T) {
 		{"Receipts", TestReceipts},
 		{"ReceiptExpired", TestReceiptExpired},
 		{"UrgencyHeld", TestUrgencyHeld},
+		{"LomiriRegisterNotifyDeliver", TestLomiriRegisterNotifyDeliver},
+		{"LomiriUnackedRedelivered", TestLomiriUnackedRedelivered},
+		{"LomiriPendingLimitReplaceClear", TestLomiriPendingLimitReplaceClear},
+		{"LomiriBroadcast", TestLomiriBroadcast},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -167,4 +174,49 @@ func metric(t *testing.T, ts *testServer, name string) string {
 		}
 	}
 	return ""
+}
+
+// A Lomiri device connected to node A gets at once what an app server posts
+// to node B's /notify; a second connection of it on node B replaces the one
+// on A.
+func TestNodesLomiriDeliverAcross(t *testing.T) {
+	db := pgtest.Database(t)
+	node := func(c *Config) { c.DBPath = db; c.NodeURL = c.PublicURL }
+	a, aAddr, aCert := startLomiri(t, node)
+	b, bAddr, bCert := startLomiri(t, node)
+	const dev, appID = "DEVX", "com.example.x_x"
+	tok := b.lomiriRegister(dev, appID)
+	d := dialLomiri(t, aAddr, aCert)
+	d.connect(dev, nil, nil)
+	for i := range 3 {
+		if st, out := b.postJSON("/notify", map[string]any{"appid": appID, "token": tok, "expire_on": future(), "data": i}); st != 200 {
+			t.Fatalf("/notify on node B = %d %v", st, out)
+		}
+		ns := d.notifications()
+		if len(ns) != 1 || string(ns[0].Payload) != strconv.Itoa(i) {
+			t.Fatalf("device on node A got %+v, want %d", ns, i)
+		}
+		d.send(&lomiri.Ack{})
+	}
+	d.quiet()
+	if n := a.pending(LomiriUAIDPrefix + dev); n != 0 {
+		t.Errorf("%d acked messages still pending", n)
+	}
+	if got := metric(t, b, `herald_node_forwarded_total{result="delivered"}`); got != "3" {
+		t.Errorf("node B forwarded %s messages, want 3", got)
+	}
+	// The device moves to node B: node A drops its old connection.
+	d2 := dialLomiri(t, bAddr, bCert)
+	d2.connect(dev, nil, nil)
+	d.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := lomiri.ReadFrame(d.br, 0); err == nil {
+		t.Fatal("the connection on node A is still open after the device connected to node B")
+	}
+	if st, _ := a.postJSON("/notify", map[string]any{"appid": appID, "token": tok, "expire_on": future(), "data": "moved"}); st != 200 {
+		t.Fatal(st)
+	}
+	if ns := d2.notifications(); len(ns) != 1 || string(ns[0].Payload) != `"moved"` {
+		t.Fatalf("device on node B got %+v", ns)
+	}
+	d2.send(&lomiri.Ack{})
 }
