@@ -73,7 +73,12 @@ func TestConnectorReplies(t *testing.T) {
 	for i, reply := range []string{"empty", "dict", "id"} {
 		t.Run(reply, func(t *testing.T) {
 			name := fmt.Sprintf("org.example.Reply%d", i)
-			a, eps := w.startUPApp(t, name, []string{"tok-" + reply}, "--reply", reply)
+			extra := []string{"--reply", reply}
+			if reply == "empty" {
+				// All of Flutter's unifiedpush_linux: its instance name as service, too.
+				extra = append(extra, "--service", "default")
+			}
+			a, eps := w.startUPApp(t, name, []string{"tok-" + reply}, extra...)
 			for n := range 20 {
 				w.push(t, eps["tok-"+reply], fmt.Sprintf("%s #%d", reply, n), 600)
 			}
