@@ -103,9 +103,12 @@ func TestConnectorReplies(t *testing.T) {
 			if len(ids) != 20 {
 				t.Errorf("%d distinct message ids, want 20", len(ids))
 			}
+			t.Logf("reply %q: %d Message calls, %d distinct messages, %d distinct ids, queue empty", reply, len(a.records("Message")), len(byBody), len(ids))
 		})
 	}
-	if r := w.counters(t)["redeliveries"]; r != 0 {
+	c := w.counters(t)
+	t.Logf("counters: messages_delivered=%d redeliveries=%d", c["messages_delivered"], c["redeliveries"])
+	if r := c["redeliveries"]; r != 0 {
 		t.Errorf("redeliveries = %d, want 0: a successful reply is delivered", r)
 	}
 }
@@ -122,6 +125,7 @@ func TestConnectorOwnership(t *testing.T) {
 	if n, _ := dbusErr(err); n != "org.unifiedpush.Distributor2.Error.AccessDenied" {
 		t.Errorf("second caller's Unregister: %v, want AccessDenied", err)
 	}
+	t.Logf("second caller's Distributor2.Unregister: %v", err)
 	err = w.call(distributorName, distributorPath, "org.unifiedpush.Distributor1.Unregister", "tok-victim").Err
 	if n, _ := dbusErr(err); n != "org.unifiedpush.Distributor1.Error.AccessDenied" {
 		t.Errorf("second caller's v1 Unregister: %v, want AccessDenied", err)
@@ -130,6 +134,7 @@ func TestConnectorOwnership(t *testing.T) {
 	if err != nil || res["success"].Value() != "REGISTRATION_FAILED" || res["reason"].Value() != "UNAUTHORIZED" {
 		t.Errorf("second caller's Register of the token = %v, %v; want REGISTRATION_FAILED UNAUTHORIZED", res, err)
 	}
+	t.Logf("second caller's Distributor2.Register of the token: %v", res)
 	// An unknown token: success, nothing to do.
 	if err := w.call(distributorName, distributorPath, "org.unifiedpush.Distributor2.Unregister",
 		map[string]dbus.Variant{"token": dbus.MakeVariant("never-registered")}).Err; err != nil {
@@ -157,5 +162,6 @@ func TestConnectorOwnership(t *testing.T) {
 		if n, msg := dbusErr(err); n != "org.unifiedpush.Distributor2.Error.AccessDenied" || !strings.Contains(msg, "require_confinement") {
 			t.Errorf("unconfined Unregister under require_confinement: %v", err)
 		}
+		t.Logf("require_confinement: app's own Register = %v %v; Unregister = %v", r["id"], r["endpoint"], err)
 	})
 }
