@@ -65,7 +65,7 @@ func TestBatchExtension(t *testing.T) {
 	}
 	d.quiet() // 50 unacked
 	d.ack(first10...)
-	d.quiet() // 40 unacked
+	d.quiet()            // 40 unacked
 	d.ack(batch[:19]...) // 21 of 40 unacked: more than half
 	d.quiet()
 	d.ack(batch[19]) // 20 left: the next 40 are read

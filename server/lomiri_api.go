@@ -229,6 +229,9 @@ func (s *Server) handleBroadcast(w http.ResponseWriter, r *http.Request) {
 	for _, c := range s.lomiri.all() {
 		c.poke(c.bkick)
 	}
+	if s.node != nil {
+		s.broadcastNodes(r.Context())
+	}
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 

@@ -26,9 +26,10 @@ import (
 
 // Paths of the node-to-node API.
 const (
-	nodeDeliverPath = "/_herald/node/deliver"
-	nodeReplacePath = "/_herald/node/replace"
-	nodeAuthScheme  = "HeraldNode "
+	nodeDeliverPath   = "/_herald/node/deliver"
+	nodeReplacePath   = "/_herald/node/replace"
+	nodeBroadcastPath = "/_herald/node/broadcast"
+	nodeAuthScheme    = "HeraldNode "
 	// maxNodeBody bounds a node call's body: a message of MaxBodyBytes in
 	// base64 plus its fields and headers.
 	maxNodeBody = 3*protocol.MaxBodyBytes + 8<<10
@@ -110,6 +111,11 @@ func (s *Server) forward(ctx context.Context, r Route, m *Message) {
 	body, _ := json.Marshal(nodeMessage{UAID: m.UAID, Seq: m.Seq, ID: m.ID, Channel: m.ChannelID, Version: m.Version,
 		Topic: m.Topic, Data: m.Data, Headers: m.Headers, Expiry: m.Expiry.UnixMilli(), Urgency: m.Urgency, Receipt: m.Receipt})
 	status, err := s.nodeCall(ctx, r.Node+nodeDeliverPath, body)
+	if err != nil && ctx.Err() == nil {
+		// Once more on a fresh connection, as autopush tries twice: a
+		// node that is up but was slow to answer keeps its device's route.
+		status, err = s.nodeCall(ctx, r.Node+nodeDeliverPath, body)
+	}
 	switch {
 	case err == nil && status == http.StatusNoContent:
 		s.metrics.forwarded.WithLabelValues("delivered").Inc()
@@ -129,6 +135,37 @@ func (s *Server) forward(ctx context.Context, r Route, m *Message) {
 	if err := s.store.ClearRoute(cctx, m.UAID, r); err != nil {
 		s.log.Warn("cannot clear stale route", "err", err)
 	}
+}
+
+// broadcastNodes tells every other node holding devices that a Lomiri
+// broadcast was posted (each pokes its Lomiri devices). A node that cannot be
+// reached misses it; its devices see it when they next connect.
+func (s *Server) broadcastNodes(ctx context.Context) {
+	nodes, err := s.store.Nodes(ctx)
+	if err != nil {
+		s.log.Warn("cannot list nodes for a broadcast", "err", err)
+		return
+	}
+	for _, n := range nodes {
+		if n == s.node.url {
+			continue
+		}
+		if _, err := s.nodeCall(ctx, n+nodeBroadcastPath, []byte("{}")); err != nil {
+			s.log.Warn("cannot tell a node of a broadcast", "node", n, "err", err)
+		}
+	}
+}
+
+// handleNodeBroadcast pokes this node's Lomiri devices after a broadcast was
+// posted to another node.
+func (s *Server) handleNodeBroadcast(w http.ResponseWriter, r *http.Request) {
+	if !s.nodeAuthorized(w, r) {
+		return
+	}
+	for _, c := range s.lomiri.all() {
+		c.poke(c.bkick)
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // replaceRemote tells the node of prev that its connection of uaid is
@@ -242,7 +279,8 @@ func (s *Server) handleNodeReplace(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "connection not here", http.StatusNotFound)
 		return
 	}
-	c.shut(protocol.CloseDoNotReconnect, "replaced by a newer connection")
+	// As for a replacement on one node (hub.go): a normal close.
+	c.shut(protocol.CloseNormal, "replaced by a newer connection")
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -103,8 +103,8 @@ func TestNodesSecondConnectionReplacesFirst(t *testing.T) {
 	first := a.connect("")
 	ep := first.register(protocol.NewChannelID(), "")
 	second := b.connect(first.uaid)
-	if code := first.closed(); code != protocol.CloseDoNotReconnect {
-		t.Fatalf("first connection closed with %d, want %d", code, protocol.CloseDoNotReconnect)
+	if code := first.closed(); code != protocol.CloseNormal {
+		t.Fatalf("first connection closed with %d, want %d", code, protocol.CloseNormal)
 	}
 	if r := a.push(ep, []byte("x"), nil); r.status != 201 {
 		t.Fatalf("post: %d", r.status)
@@ -139,6 +139,31 @@ func TestNodesStaleRouteCleared(t *testing.T) {
 	if n := d2.notification(); n.Data != protocol.EncodeBase64URL([]byte("kept")) {
 		t.Fatalf("got %q", n.Data)
 	}
+}
+
+// A Lomiri device connected to node A gets at once a /broadcast posted to
+// node B (node B tells every node that holds devices).
+func TestNodesLomiriBroadcast(t *testing.T) {
+	db := pgtest.Database(t)
+	nodeOn := func(c *Config) {
+		c.DBPath = db
+		c.NodeURL = c.PublicURL
+	}
+	_, addrA, certA := startLomiri(t, nodeOn)
+	b, _, _ := startLomiri(t, nodeOn)
+	d := dialLomiri(t, addrA, certA)
+	d.connect("BCASTDEV", map[string]any{"channel": "ubports/stable", "device": "mako"}, map[string]int64{"0": 0})
+	d.quiet()
+	if st, out := b.postJSON("/broadcast", map[string]any{"channel": "system", "expire_on": future(),
+		"data": map[string]any{"ubports/stable/mako": []any{7, "r7"}}}); st != 200 {
+		t.Fatalf("/broadcast to node B = %d %v", st, out)
+	}
+	m, ok := d.recv().(*lomiri.Broadcast)
+	if !ok || m.TopLevel != 1 || len(m.Payloads) != 1 || !strings.Contains(string(m.Payloads[0]), "r7") {
+		t.Fatalf("got %#v, want the broadcast posted to node B", m)
+	}
+	d.send(&lomiri.Ack{})
+	d.quiet()
 }
 
 // Node calls need the node secret.

@@ -642,6 +642,21 @@ func (s *PostgresStore) ClearNode(ctx context.Context, node string) (int, error)
 	return int(tag.RowsAffected()), nil
 }
 
+// Nodes implements Store: one index probe per node (a loose index scan on
+// routes_node), not a scan of every route.
+func (s *PostgresStore) Nodes(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `WITH RECURSIVE n AS (
+			SELECT min(node) AS node FROM routes
+			UNION ALL
+			SELECT (SELECT min(node) FROM routes WHERE node > n.node) FROM n WHERE n.node IS NOT NULL)
+		SELECT node FROM n WHERE node IS NOT NULL`)
+	if err != nil {
+		return nil, s.wrap("cannot list nodes", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return out, s.wrap("cannot list nodes", err)
+}
+
 // NodeSecret implements Store.
 func (s *PostgresStore) NodeSecret(ctx context.Context) (string, error) {
 	if _, err := s.pool.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING`, metaNodeSecret, newNodeSecret()); err != nil {

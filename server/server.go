@@ -290,6 +290,7 @@ func (s *Server) routes() http.Handler {
 	if s.node != nil {
 		mux.HandleFunc("POST "+nodeDeliverPath, s.handleNodeDeliver)
 		mux.HandleFunc("POST "+nodeReplacePath, s.handleNodeReplace)
+		mux.HandleFunc("POST "+nodeBroadcastPath, s.handleNodeBroadcast)
 	}
 	return mux
 }

@@ -1053,6 +1053,27 @@ func (s *SQLiteStore) ClearNode(ctx context.Context, node string) (int, error) {
 	return int(n), err
 }
 
+// Nodes implements Store.
+func (s *SQLiteStore) Nodes(ctx context.Context) ([]string, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT DISTINCT node FROM routes ORDER BY node`)
+	if err != nil {
+		return nil, fmt.Errorf("cannot list nodes: %w", err)
+	}
+	var out []string
+	err = eachRow(rows, func() error {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return err
+		}
+		out = append(out, n)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot list nodes: %w", err)
+	}
+	return out, nil
+}
+
 // NodeSecret implements Store.
 func (s *SQLiteStore) NodeSecret(ctx context.Context) (string, error) {
 	var secret string

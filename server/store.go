@@ -207,6 +207,8 @@ type Store interface {
 	ClearRoute(ctx context.Context, uaid string, r Route) error
 	// ClearNode removes every route to node and returns how many.
 	ClearNode(ctx context.Context, node string) (int, error)
+	// Nodes returns the nodes that routes name (those holding a device).
+	Nodes(ctx context.Context) ([]string, error)
 	// NodeSecret returns the secret that nodes authenticate their calls to
 	// each other with, made on first use and then the same for every node.
 	NodeSecret(ctx context.Context) (string, error)

@@ -287,6 +287,12 @@ func TestStoreRoutes(t *testing.T) {
 		if _, err := st.Route(ctx, uaid); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Route after ClearNode: %v", err)
 		}
+		for i, n := range []string{"http://c:1", "http://a:1", "http://c:1", "http://b:1"} {
+			st.ClaimRoute(ctx, protocol.NewUAID(), Route{Node: n, Conn: int64(i)})
+		}
+		if nodes, err := st.Nodes(ctx); err != nil || !slices.Equal(nodes, []string{"http://a:1", "http://b:1", "http://c:1"}) {
+			t.Fatalf("Nodes = %v, %v", nodes, err)
+		}
 		st.ClaimRoute(ctx, uaid, a)
 		if err := st.ClearRoute(ctx, uaid, a); err != nil {
 			t.Fatal(err)
