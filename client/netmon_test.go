@@ -12,6 +12,19 @@ import (
 	"github.com/heraldpush/herald/internal/testbus"
 )
 
+// setNMState changes a fake NetworkManager's State as the real one does:
+// the property and a StateChanged signal. A closed conn sends nothing.
+func setNMState(t *testing.T, conn *dbus.Conn, props *prop.Properties, st uint32) {
+	t.Helper()
+	if !conn.Connected() {
+		return
+	}
+	props.SetMust(nmIface, "State", st)
+	if err := conn.Emit(nmPath, nmIface+".StateChanged", st); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // fakeNM exports NetworkManager's State on a private bus.
 func fakeNM(t *testing.T, conn *dbus.Conn, state uint32) *prop.Properties {
 	t.Helper()
@@ -75,12 +88,58 @@ func TestWatchNetwork(t *testing.T) {
 	}
 }
 
-func TestWatchNetworkWithoutNetworkManager(t *testing.T) {
+// TestWatchNetworkAcrossRestarts: NetworkManager absent at the start
+// leaves the network up (no report); when it starts its State is read;
+// after it restarts (a new unique name) the new instance's State and
+// signals are followed and the old instance's are not.
+func TestWatchNetworkAcrossRestarts(t *testing.T) {
 	bus := testbus.Start(t)
-	called := false
-	err := WatchNetwork(context.Background(), bus.Conn(t), func(bool) { called = true }, slog.New(slog.DiscardHandler))
-	if err != nil || called {
-		t.Fatalf("WatchNetwork without NetworkManager = %v (called %v); want nil at once, state untouched", err, called)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	online := make(chan bool, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- WatchNetwork(ctx, bus.Conn(t), func(v bool) { online <- v }, slog.New(slog.DiscardHandler))
+	}()
+	expect := func(want bool) {
+		t.Helper()
+		select {
+		case got := <-online:
+			if got != want {
+				t.Fatalf("online = %v, want %v", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no online=%v report", want)
+		}
+	}
+	// Wait until the watcher is subscribed: a NameOwnerChanged of another
+	// name is not enough, so start NetworkManager once and see its State.
+	first, err := dbus.Connect(bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := fakeNM(t, first, 70)
+	select {
+	case got := <-online:
+		if !got {
+			t.Fatal("first NetworkManager reported offline")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first NetworkManager's State was not read when it appeared")
+	}
+	setNMState(t, first, p1, 20)
+	expect(false)
+
+	// Restart: the first instance leaves, a second takes the name.
+	first.Close()
+	second := bus.Conn(t)
+	p2 := fakeNM(t, second, 20)
+	expect(false) // its State, read when it appeared
+	setNMState(t, second, p2, 70)
+	expect(true)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 

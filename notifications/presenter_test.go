@@ -389,3 +389,47 @@ func TestLauncherEntryCounter(t *testing.T) {
 		t.Error("SetCounter accepted an invalid app id")
 	}
 }
+
+// blockingLauncher blocks every launch until release is closed, whatever
+// its context says (an app that hangs in activation).
+type blockingLauncher struct {
+	entered chan LaunchRequest
+	release chan struct{}
+}
+
+func (l *blockingLauncher) Launch(_ context.Context, r LaunchRequest) error {
+	l.entered <- r
+	<-l.release
+	return nil
+}
+
+// TestSignalLoopNeverBlocks: while an app launch (slow work) hangs, the
+// signal loop still checks and handles the next signals in order.
+func TestSignalLoopNeverBlocks(t *testing.T) {
+	const testApp = "com.example.chat_chat"
+	store := newMemStore()
+	e := newEnv(t, store, map[string]string{"com.example.chat_chat.desktop": chatEntry})
+	bl := &blockingLauncher{entered: make(chan LaunchRequest, 1), release: make(chan struct{})}
+	e.p.launch = bl
+	srv := startServer(t, e.bus, 0)
+	e.run(t)
+	defer close(bl.release)
+	ctx := context.Background()
+	err := e.p.Present(ctx, Request{AppID: testApp, MsgID: "m", Tag: "t",
+		Card: &app.Card{Summary: "S", Popup: true, Persist: true, Actions: []string{"chat://room/7"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := srv.next1(t).Replaces + 1
+	srv.emit(t, "ActionInvoked", id, "default")
+	select {
+	case <-bl.entered:
+	case <-time.After(waitFor):
+		t.Fatal("ActionInvoked did not launch")
+	}
+	// The launch hangs; the loop goes on with the next signals.
+	srv.emit(t, "ActionInvoked", "bad body")
+	e.log.wait(t, "ActionInvoked ignored", 1)
+	srv.emit(t, "NotificationClosed", id, uint32(closedDismissed))
+	e.log.wait(t, "notification closed", 1)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/godbus/dbus/v5"
 
@@ -22,6 +23,11 @@ const (
 // cards of the Store at start and whenever a new notification server appears
 // (fresh ids, Store updated). It returns nil when ctx ends, or an error when
 // the bus connection is lost or the signals cannot be subscribed.
+//
+// The signal loop never blocks on slow work: it checks each signal and
+// updates what it tracks at once, in arrival order, and hands what takes
+// time (re-showing cards, launching an app, store writes) to one worker
+// goroutine that does it in the same order.
 func (p *Presenter) Run(ctx context.Context) error {
 	ch := make(chan *dbus.Signal, 64)
 	p.conn.Signal(ch)
@@ -52,11 +58,29 @@ func (p *Presenter) Run(ctx context.Context) error {
 		p.mu.Unlock()
 		p.players.Wait()
 	}()
-	p.log.Info("notification presenter started", "server", owner)
-	if ind, err := p.ownerOf(ctx, indicatorName); err == nil && ind != "" {
-		p.indicatorAppeared(ctx, ind)
+	work := make(chan func(context.Context), maxQueuedWork)
+	var worker sync.WaitGroup
+	worker.Go(func() {
+		for f := range work {
+			f(ctx)
+		}
+	})
+	defer worker.Wait()
+	defer close(work)
+	enqueue := func(what string, f func(context.Context)) {
+		select {
+		case work <- f:
+		default:
+			p.log.Warn("notification work queue full; dropped", "what", what)
+		}
 	}
-	p.startup(ctx, owner)
+	p.log.Info("notification presenter started", "server", owner)
+	enqueue("startup", func(ctx context.Context) {
+		if ind, err := p.ownerOf(ctx, indicatorName); err == nil && ind != "" {
+			p.indicatorAppeared(ctx, ind)
+		}
+		p.startup(ctx, owner)
+	})
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,10 +89,13 @@ func (p *Presenter) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("bus connection closed")
 			}
-			p.handleSignal(ctx, s)
+			p.handleSignal(s, enqueue)
 		}
 	}
 }
+
+// maxQueuedWork bounds the slow work waiting behind the signal loop.
+const maxQueuedWork = 256
 
 func (p *Presenter) nameOwner(ctx context.Context) (string, error) {
 	return p.ownerOf(ctx, notifyName)
@@ -202,7 +229,9 @@ func (p *Presenter) stillStored(ctx context.Context, rec Record) bool {
 	return false
 }
 
-func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
+// handleSignal checks s and updates the tracked state at once; slow work
+// goes to enqueue.
+func (p *Presenter) handleSignal(s *dbus.Signal, enqueue func(what string, f func(context.Context))) {
 	switch s.Name {
 	case nameOwnerSig:
 		if s.Sender != busDaemonName {
@@ -214,7 +243,7 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 			if newOwner == "" {
 				p.log.Info("messaging indicator gone")
 			}
-			p.indicatorAppeared(ctx, newOwner)
+			enqueue("indicator", func(ctx context.Context) { p.indicatorAppeared(ctx, newOwner) })
 			return
 		}
 		if err != nil || name != notifyName {
@@ -232,7 +261,7 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 		}
 		p.log.Info("notification server changed", "server", newOwner)
 		if newOwner != "" && p.store != nil {
-			p.reshow(ctx)
+			enqueue("reshow", p.reshow)
 		}
 	case dconfWriterIface + ".Notify":
 		if p.settings != nil {
@@ -254,9 +283,11 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 			p.log.Debug("unknown action ignored", "app_id", sh.appID, "id", id, "key", key)
 			return
 		}
-		lctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
-		defer cancel()
-		p.activate(lctx, sh.appID, sh.msgID, sh.action, id)
+		enqueue("launch", func(ctx context.Context) {
+			lctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
+			defer cancel()
+			p.activate(lctx, sh.appID, sh.msgID, sh.action, id)
+		})
 	case closedSig:
 		id, reason, err := checkSignalBody(p, s, parseNotificationClosed)
 		if err != nil {
@@ -278,9 +309,11 @@ func (p *Presenter) handleSignal(ctx context.Context, s *dbus.Signal) {
 		if !sh.persist && sh.tag == "" {
 			return
 		}
-		if err := p.store.DeleteNotification(ctx, sh.appID, id); err != nil {
-			p.log.Error("cannot delete closed notification", "app_id", sh.appID, "id", id, "err", err)
-		}
+		enqueue("forget closed", func(ctx context.Context) {
+			if err := p.store.DeleteNotification(ctx, sh.appID, id); err != nil {
+				p.log.Error("cannot delete closed notification", "app_id", sh.appID, "id", id, "err", err)
+			}
+		})
 	}
 }
 

@@ -31,6 +31,7 @@ type world struct {
 	daemon *harness.Daemon
 	conn   *dbus.Conn
 	http   *http.Client
+	sysBus *harness.Bus // heraldd's system bus, when asked for
 
 	posts chan string // app ids from Post signals
 }
@@ -46,6 +47,8 @@ type worldOptions struct {
 	// configFor, when set, makes config.toml from the server's HTTP base URL.
 	configFor func(httpBase string) string
 	daemonEnv []string
+	// systemBus gives heraldd a private system bus (world.sysBus).
+	systemBus bool
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -117,7 +120,17 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	default:
 		target = o.server
 	}
-	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, o.daemonEnv, o.daemonArgs...)
+	extraEnv := append([]string(nil), o.daemonEnv...)
+	if o.systemBus {
+		sb, err := harness.StartBus(filepath.Join(dir, "sysbus"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.sysBus = sb
+		t.Cleanup(sb.Close)
+		extraEnv = append(extraEnv, "DBUS_SYSTEM_BUS_ADDRESS="+sb.Address)
+	}
+	d, err := harness.StartDaemon(built.heraldd, ddir, bus.Address, target, extraEnv, o.daemonArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
