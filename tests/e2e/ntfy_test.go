@@ -130,4 +130,5 @@ func TestNtfyBackend(t *testing.T) {
 		}
 	}
 	t.Logf("subscriptions: %q", srv.Subscriptions())
+	t.Logf("deliveries per message (after a dropped stream whose replay overlapped live, and a restart): %v", got)
 }
