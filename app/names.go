@@ -60,4 +60,5 @@ const (
 	CounterHelperRuns        Counter = "helper_runs"
 	CounterHelperFailures    Counter = "helper_failures"
 	CounterHelperTimeouts    Counter = "helper_timeouts"
+	CounterInboxFull         Counter = "inbox_full_dropped" // oldest messages dropped over an app's inbox cap
 )

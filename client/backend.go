@@ -304,8 +304,8 @@ func (d *Daemon) Inbox(ctx context.Context, appID string) ([]dbusapi.InboxEntry,
 	out := make([]dbusapi.InboxEntry, 0, len(msgs))
 	for _, m := range msgs {
 		size := len(m.Body)
-		if m.Step == app.StepQueued {
-			size = len(m.Output)
+		if m.Step != app.StepReceived {
+			size = len(m.Output) // the body is dropped once the output is stored
 		}
 		out = append(out, dbusapi.InboxEntry{MsgID: m.MsgID, AppID: m.AppID, Step: m.Step, Received: m.Received, Size: size})
 	}

@@ -257,6 +257,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.st.PruneSeen(ctx, d.now().Add(-protocol.MaxTTL-24*time.Hour)); err != nil {
 		d.log.Warn("cannot prune seen ids", "err", err)
 	}
+	if n, err := d.st.SweepExpired(ctx, d.now()); err != nil {
+		d.log.Warn("cannot sweep expired messages", "err", err)
+	} else if n > 0 {
+		d.log.Info("expired messages dropped", "count", n)
+	}
 	d.runMu.Lock()
 	d.ctx = ctx
 	d.active = true
@@ -407,13 +412,38 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 			continue
 		}
 		if ok {
+			if err := d.st.SetUnreachable(ctx, r.ChannelID, time.Time{}); err != nil {
+				d.log.Warn("cannot record unifiedpush connector", "service", r.Service, "err", err)
+			}
 			continue
 		}
-		d.log.Info("dropping registration of removed unifiedpush app", "app_id", r.AppID, "service", r.Service)
+		// Not activatable now (an update in progress, a service file not
+		// yet installed, a broken bus): the registration and its queue are
+		// kept until the connector stays gone for UnifiedPushForgetAfter,
+		// counted from the first start that missed it. Queued messages
+		// expire on their own meanwhile.
+		since, err := d.st.Unreachable(ctx, r.ChannelID)
+		if err != nil {
+			d.log.Warn("cannot read unifiedpush connector state", "service", r.Service, "err", err)
+			continue
+		}
+		if since.IsZero() {
+			if err := d.st.SetUnreachable(ctx, r.ChannelID, d.now()); err != nil {
+				d.log.Warn("cannot record unifiedpush connector", "service", r.Service, "err", err)
+			}
+			d.log.Warn("unifiedpush connector not activatable; keeping its registration and queue", "app_id", r.AppID, "service", r.Service, "forget_after", d.cfg.UnifiedPushForgetAfter.Duration)
+			continue
+		}
+		if d.now().Sub(since) < d.cfg.UnifiedPushForgetAfter.Duration {
+			d.log.Warn("unifiedpush connector still not activatable; keeping its registration and queue", "app_id", r.AppID, "service", r.Service, "since", since)
+			continue
+		}
+		d.log.Info("dropping registration of removed unifiedpush app", "app_id", r.AppID, "service", r.Service, "gone_since", since)
 		if err := d.st.DeleteRegistration(ctx, r.ChannelID); err != nil {
 			d.log.Error("cannot drop registration", "app_id", r.AppID, "err", err)
 			continue
 		}
+		_ = d.st.SetUnreachable(ctx, r.ChannelID, time.Time{})
 		d.dropReg(r.ChannelID)
 		d.unregisterLater(r)
 		d.tellUnregistered(r, false)

@@ -49,6 +49,13 @@ type Config struct {
 	// Durability is "full" (every commit survives a power loss, default)
 	// or "normal" (survives a crash of the daemon; faster).
 	Durability string `toml:"durability"`
+	// InboxLimit is how many messages one app's inbox keeps; beyond it the
+	// oldest are dropped and counted (inbox_full_dropped; default 1000).
+	InboxLimit int `toml:"inbox_limit"`
+	// UnifiedPushForgetAfter is how long a UnifiedPush connector may stay
+	// not activatable (its D-Bus service file gone) at daemon starts before
+	// its registration and queue are dropped (default 7 days).
+	UnifiedPushForgetAfter Duration `toml:"unifiedpush_forget_after"`
 	// Lomiri is the [lomiri] table: the Lomiri push service backend.
 	Lomiri LomiriConfig `toml:"lomiri"`
 	// Ntfy is the [ntfy] table: the ntfy backend.
@@ -108,21 +115,23 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // DefaultConfig returns the defaults of every key.
 func DefaultConfig() Config {
 	return Config{
-		Server:            DefaultServer,
-		HelperTimeout:     Duration{5 * time.Second},
-		HelperConcurrency: 5,
-		LogLevel:          "info",
-		PingInterval:      Duration{5 * time.Minute},
-		PingGrace:         Duration{30 * time.Second},
-		RequestTimeout:    Duration{20 * time.Second},
-		ReconnectMin:      Duration{time.Second},
-		ReconnectMax:      Duration{5 * time.Minute},
-		Compression:       true,
-		Durability:        "full",
-		AppArmorFS:        "/sys/kernel/security/apparmor",
-		Lomiri:            defaultLomiri(),
-		Ntfy:              NtfyConfig{URL: DefaultNtfyURL},
-		Urgency:           defaultUrgency(),
+		Server:                 DefaultServer,
+		HelperTimeout:          Duration{5 * time.Second},
+		HelperConcurrency:      5,
+		LogLevel:               "info",
+		PingInterval:           Duration{5 * time.Minute},
+		PingGrace:              Duration{30 * time.Second},
+		RequestTimeout:         Duration{20 * time.Second},
+		ReconnectMin:           Duration{time.Second},
+		ReconnectMax:           Duration{5 * time.Minute},
+		Compression:            true,
+		Durability:             "full",
+		InboxLimit:             1000,
+		UnifiedPushForgetAfter: Duration{7 * 24 * time.Hour},
+		AppArmorFS:             "/sys/kernel/security/apparmor",
+		Lomiri:                 defaultLomiri(),
+		Ntfy:                   NtfyConfig{URL: DefaultNtfyURL},
+		Urgency:                defaultUrgency(),
 	}
 }
 
@@ -273,6 +282,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateBackends(); err != nil {
 		return err
+	}
+	if c.InboxLimit < 1 {
+		return fmt.Errorf("invalid inbox_limit %d: want ≥ 1", c.InboxLimit)
 	}
 	return c.validateLomiri()
 }

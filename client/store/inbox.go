@@ -64,6 +64,7 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 		}
 		defer ins.Close()
 		n := 0
+		apps := map[string]bool{}
 		for i, m := range msgs {
 			res, err := seen.ExecContext(ctx, m.ChannelID, m.Version, unixMilli(m.Received))
 			if err != nil {
@@ -80,7 +81,13 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 			if _, err := ins.ExecContext(ctx, m.MsgID, m.AppID, m.ChannelID, m.Version, body, unixMilli(m.Received), unixMilli(m.Expires)); err != nil {
 				return err
 			}
+			apps[m.AppID] = true
 			n++
+		}
+		for appID := range apps {
+			if err := s.bound(ctx, tx, appID, msgs[0].Received); err != nil {
+				return err
+			}
 		}
 		if n > 0 {
 			if _, err := tx.ExecContext(ctx, incrSQL, app.CounterMessagesReceived, n); err != nil {
@@ -102,12 +109,68 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 
 // Post stores a message that did not come from the server (Postal.Post).
 func (s *Store) Post(ctx context.Context, m Incoming) error {
-	_, err := s.exec(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
-		m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires))
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
+			m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires))
+		if err != nil {
+			return err
+		}
+		return s.bound(ctx, tx, m.AppID, m.Received)
+	})
 	if err != nil {
 		return fmt.Errorf("cannot store posted message for %q: %w", m.AppID, err)
 	}
 	return nil
+}
+
+// bound keeps appID's inbox within its cap after new messages: queued
+// messages expired at now are deleted (counted as expired), then the oldest
+// beyond maxInbox, queued ones first (counted as CounterInboxFull). An app
+// that never takes its messages thus holds at most maxInbox of them.
+func (s *Store) bound(ctx context.Context, tx *sql.Tx, appID string, now time.Time) error {
+	res, err := tx.ExecContext(ctx, "DELETE FROM inbox WHERE app_id = ? AND step = 'queued' AND expires != 0 AND expires <= ?", appID, unixMilli(now))
+	if err != nil {
+		return err
+	}
+	if k, _ := res.RowsAffected(); k > 0 {
+		if _, err := tx.ExecContext(ctx, incrSQL, app.CounterMessagesExpired, k); err != nil {
+			return err
+		}
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM inbox WHERE app_id = ?", appID).Scan(&n); err != nil {
+		return err
+	}
+	if n <= s.maxInbox {
+		return nil
+	}
+	res, err = tx.ExecContext(ctx, "DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox WHERE app_id = ? ORDER BY step != 'queued', seq LIMIT ?)", appID, n-s.maxInbox)
+	if err != nil {
+		return err
+	}
+	k, _ := res.RowsAffected()
+	_, err = tx.ExecContext(ctx, incrSQL, app.CounterInboxFull, k)
+	return err
+}
+
+// SweepExpired deletes the inbox messages of every app expired at now
+// (counted as expired) and returns how many.
+func (s *Store) SweepExpired(ctx context.Context, now time.Time) (int, error) {
+	var k int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM inbox WHERE expires != 0 AND expires <= ?", unixMilli(now))
+		if err != nil {
+			return err
+		}
+		if k, _ = res.RowsAffected(); k > 0 {
+			_, err = tx.ExecContext(ctx, incrSQL, app.CounterMessagesExpired, k)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cannot sweep expired messages: %w", err)
+	}
+	return int(k), nil
 }
 
 func nonNil(b []byte) []byte {
@@ -217,7 +280,8 @@ func (s *Store) Processed(ctx context.Context, seq int64, output []byte, notific
 		}
 		step = app.StepProcessed
 	}
-	return s.advance(ctx, seq, step, "message = ?, notification = ?", nonNil(output), n)
+	// The raw body is not needed once the output is stored.
+	return s.advance(ctx, seq, step, "message = ?, notification = ?, body = NULL", nonNil(output), n)
 }
 
 // Output is the helper output of one message, for ProcessedBatch.
@@ -234,7 +298,7 @@ func (s *Store) ProcessedBatch(ctx context.Context, outs []Output) error {
 		return nil
 	}
 	err := s.txRelaxed(ctx, func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, "UPDATE inbox SET step = ?, message = ?, notification = ? WHERE seq = ?")
+		st, err := tx.PrepareContext(ctx, "UPDATE inbox SET step = ?, message = ?, notification = ?, body = NULL WHERE seq = ?")
 		if err != nil {
 			return err
 		}

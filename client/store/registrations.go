@@ -148,3 +148,34 @@ func (s *Store) Registrations(ctx context.Context) ([]Registration, error) {
 	}
 	return out, rows.Err()
 }
+
+const unreachablePrefix = "up-unreachable/"
+
+// Unreachable returns since when the UnifiedPush connector of channelID was
+// found not activatable at daemon start (zero: it was not).
+func (s *Store) Unreachable(ctx context.Context, channelID string) (time.Time, error) {
+	var v int64
+	err := s.db.QueryRowContext(ctx, "SELECT CAST(value AS INTEGER) FROM state WHERE key = ?", unreachablePrefix+channelID).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("cannot read connector state: %w", err)
+	}
+	return fromMilli(v), nil
+}
+
+// SetUnreachable records since when channelID's connector is not
+// activatable; the zero time clears it.
+func (s *Store) SetUnreachable(ctx context.Context, channelID string, since time.Time) error {
+	var err error
+	if since.IsZero() {
+		_, err = s.exec(ctx, "DELETE FROM state WHERE key = ?", unreachablePrefix+channelID)
+	} else {
+		_, err = s.exec(ctx, "INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO NOTHING", unreachablePrefix+channelID, unixMilli(since))
+	}
+	if err != nil {
+		return fmt.Errorf("cannot record connector state: %w", err)
+	}
+	return nil
+}

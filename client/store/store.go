@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -101,11 +102,18 @@ ALTER TABLE registrations ADD COLUMN backend TEXT NOT NULL DEFAULT 'autopush';
 `,
 }
 
+// DefaultMaxInbox is how many messages one app's inbox keeps: beyond it the
+// oldest are dropped (queued ones first) and counted (app.CounterInboxFull).
+const DefaultMaxInbox = 1000
+
 // Options tune how the database is opened.
 type Options struct {
 	// Synchronous is the sqlite synchronous mode: "FULL" (default) makes
 	// every commit survive a power loss, "NORMAL" only a process crash.
 	Synchronous string
+	// MaxInbox is how many messages one app's inbox keeps (default
+	// DefaultMaxInbox).
+	MaxInbox int
 }
 
 // Store is an open state database. It is safe for concurrent use.
@@ -119,6 +127,8 @@ type Store struct {
 	// wmu serializes writers in the process: waiting here is cheaper than
 	// sqlite's busy handler, which sleeps.
 	wmu sync.Mutex
+	// maxInbox is Options.MaxInbox.
+	maxInbox int
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -131,6 +141,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	case "FULL", "NORMAL", "OFF", "EXTRA":
 	default:
 		return nil, fmt.Errorf("invalid synchronous mode %q", sync)
+	}
+	if err := createPrivate(path); err != nil {
+		return nil, fmt.Errorf("cannot create state database %q: %w", path, err)
 	}
 	open := func(sync string) (*sql.DB, error) {
 		q := url.Values{}
@@ -151,7 +164,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, relaxed: db}
+	s := &Store{db: db, relaxed: db, maxInbox: opts.MaxInbox}
+	if s.maxInbox <= 0 {
+		s.maxInbox = DefaultMaxInbox
+	}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("cannot open state database %q: %w", path, err)
@@ -163,6 +179,22 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// createPrivate creates the database file readable by its owner only (its
+// -wal and -shm files take its mode); an existing file is left alone.
+func createPrivate(path string) error {
+	if path == "" || path == ":memory:" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // Close closes the database.

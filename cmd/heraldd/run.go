@@ -35,7 +35,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("cannot create state directory: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "herald.db"), store.Options{Synchronous: strings.ToUpper(cfg.Durability)})
+	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "herald.db"), store.Options{Synchronous: strings.ToUpper(cfg.Durability), MaxInbox: cfg.InboxLimit})
 	if err != nil {
 		return err
 	}

@@ -805,10 +805,12 @@ func (w *world) stopConnector(t *testing.T, name string) {
 }
 
 // TestDBusUnifiedPushRemovedAppDropped: a registration whose connector is
-// no longer activatable (the app was removed) is dropped when the daemon
-// starts; one whose connector is still installed is kept.
+// no longer activatable (the app was removed) is kept at the first start
+// that misses it (issue 11: a restart must not delete a queue), and dropped
+// at a start once it stayed gone for unifiedpush_forget_after; one whose
+// connector is still installed is kept.
 func TestDBusUnifiedPushRemovedAppDropped(t *testing.T) {
-	w := newWorld(t, worldOptions{})
+	w := newWorld(t, worldOptions{config: "unifiedpush_forget_after = \"1ms\"\n"})
 	kept := w.newUPApp("org.example.UPKept", 2)
 	gone := w.newUPApp("org.example.UPGone", 2)
 	for _, a := range []upApp{kept, gone} {
@@ -845,8 +847,25 @@ func TestDBusUnifiedPushRemovedAppDropped(t *testing.T) {
 	}
 	w.restartDaemon()
 
-	// The drop runs at start; watch the registrations under a deadline.
+	// First start without the connector: kept (watch the log under a deadline).
 	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(w.daemon.Tail(100000), "keeping its registration and queue") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no keep decision logged:\n%s", w.daemon.Tail(4000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := w.listUPServices(t); len(got) != 2 {
+		t.Fatalf("registrations after the first start without the connector = %q, want both kept", got)
+	}
+	if err := w.daemon.Stop(30 * time.Second); err != nil {
+		t.Fatalf("heraldd did not stop cleanly: %v", err)
+	}
+	w.restartDaemon()
+
+	// Gone for longer than unifiedpush_forget_after: dropped at this start;
+	// watch the registrations under a deadline.
+	deadline = time.Now().Add(30 * time.Second)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
