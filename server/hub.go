@@ -646,7 +646,16 @@ func (c *conn) drain(ctx context.Context) error {
 			}
 			c.ackTimer = time.AfterFunc(c.s.cfg.AckTimeout, func() { c.ackTimeout(ctx, gen) })
 		}
+		// The frames go out before any live message that deliver lets
+		// through from now on (draining may have just ended): take the
+		// write lock before c.mu is released (nobody takes c.mu under wmu).
+		c.wmu.Lock()
 		c.mu.Unlock()
+		werr := c.writeLocked(frames...)
+		c.wmu.Unlock()
+		if werr != nil {
+			return werr
+		}
 		if len(dead) > 0 {
 			c.s.metrics.undeliverable.Add(float64(len(dead)))
 			c.s.log.Warn("dropped messages never acknowledged", "uaid", redact(c.uaid), "count", len(dead), "attempts", c.s.cfg.MaxAttempts)
@@ -657,11 +666,6 @@ func (c *conn) drain(ctx context.Context) error {
 		if len(tried) > 0 {
 			if err := c.s.store.Attempted(ctx, c.uaid, tried); err != nil {
 				c.s.log.Warn("cannot count delivery attempts", "err", err)
-			}
-		}
-		if len(frames) > 0 {
-			if err := c.write(frames...); err != nil {
-				return err
 			}
 		}
 		if !again {
@@ -876,6 +880,14 @@ func (s *Server) appendNotification(b []byte, m *Message) []byte {
 func (c *conn) write(frames ...[]byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.writeLocked(frames...)
+}
+
+// writeLocked is write with c.wmu held.
+func (c *conn) writeLocked(frames ...[]byte) error {
+	if len(frames) == 0 {
+		return nil
+	}
 	c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
 	for _, f := range frames {
 		if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
