@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,9 @@ type check struct {
 	fix  string
 }
 
+// warning is a check error that is reported but does not fail the doctor.
+type warning struct{ error }
+
 func doctorCmd() *command {
 	var configPath *string
 	return &command{
@@ -49,6 +53,13 @@ func doctorCmd() *command {
 			for _, c := range checks {
 				if c.err == nil {
 					fmt.Fprintf(e.stdout, "ok    %s\n", c.name)
+					continue
+				}
+				if _, ok := c.err.(warning); ok {
+					fmt.Fprintf(e.stdout, "warn  %s: %v\n", c.name, c.err)
+					if c.fix != "" {
+						fmt.Fprintf(e.stdout, "      fix: %s\n", c.fix)
+					}
 					continue
 				}
 				failed++
@@ -164,6 +175,9 @@ func pushServers(ctx context.Context, cfg config.Config) []check {
 		}
 		return check{name, checkAutopush(ctx, cfg.Server), "check the network and the URL; 'herald status' shows the daemon's last error"}
 	}
+	if c, ok := plainWebsocket(cfg.Server); ok {
+		out = append(out, c)
+	}
 	if cfg.UnifiedPush.Backend == app.BackendNtfy {
 		out = append(out, check{"UnifiedPush apps: ntfy server " + cfg.Ntfy.URL, checkNtfy(ctx, cfg.Ntfy),
 			"check the network, and url (and user/password or token) in [ntfy]"})
@@ -186,6 +200,26 @@ func pushServers(ctx context.Context, cfg config.Config) []check {
 		out = append(out, autopush(name))
 	}
 	return out
+}
+
+// plainWebsocket warns about a ws:// server that is not on this machine: the
+// uaid (a bearer secret: whoever has it takes the device's place) and every
+// message's metadata would cross the network in clear.
+func plainWebsocket(server string) (check, bool) {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "ws" {
+		return check{}, false
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return check{}, false
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return check{}, false
+	}
+	return check{"autopush server " + server + " is not encrypted",
+		warning{errors.New("plain ws:// to a host that is not this machine: the device identity (a bearer secret) and message metadata travel in clear")},
+		`use wss:// (herald-server --tls-cert/--tls-key, or TLS at a proxy)`}, true
 }
 
 // checkNtfy checks that the ntfy server answers its documented health

@@ -342,3 +342,45 @@ func TestDoctorNtfy(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorWarnsPlainWebsocket: a ws:// server that is not on this machine
+// is a warning (issue 11: the uaid is a bearer secret); ws:// to loopback
+// and wss:// are not.
+func TestDoctorWarnsPlainWebsocket(t *testing.T) {
+	for server, warned := range map[string]bool{
+		"ws://push.example.org/": true, "ws://192.0.2.7:8080/": true,
+		"ws://127.0.0.1:9/": false, "ws://localhost:9/": false, "ws://[::1]:9/": false, "wss://push.example.org/": false,
+	} {
+		dir := t.TempDir()
+		env := map[string]string{"HOME": dir, "XDG_CONFIG_HOME": filepath.Join(dir, "config"), "XDG_CONFIG_DIRS": filepath.Join(dir, "etc"),
+			"XDG_STATE_HOME": filepath.Join(dir, "state")}
+		conf := filepath.Join(dir, "config", "herald", "config.toml")
+		if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(conf, []byte("server = \""+server+"\"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runCLI(t, env, "doctor")
+		got := strings.Contains(r.stdout, "warn  autopush server "+server+" is not encrypted")
+		if got != warned {
+			t.Errorf("server %s: warned %v, want %v:\n%s", server, got, warned, r.stdout)
+		}
+		if warned {
+			t.Logf("herald doctor with server = %q:\n%s", server, grepLines(r.stdout, "warn", "fix: use wss"))
+		}
+	}
+}
+
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
