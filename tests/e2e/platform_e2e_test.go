@@ -406,6 +406,7 @@ func TestLomiriPlatformSettingsE2E(t *testing.T) {
 	// the counter on Lomiri's launcher, the pattern on hfd-service.
 	lw.push(token, "one")
 	n := lw.nextNote("one")
+	t.Logf("all switches on: bubble %q hints %v", n.Summary, n.Hints)
 	if got, _ := n.Hints["sound-file"].Value().(string); got != xylo {
 		t.Errorf("sound-file hint = %q, want the user's tone %s", got, xylo)
 	}
@@ -427,6 +428,7 @@ func TestLomiriPlatformSettingsE2E(t *testing.T) {
 	lw.gsettingsSet("use-sounds-notifications", "false")
 	lw.push(token, "two")
 	n = lw.nextNote("two")
+	t.Logf("use-sounds-notifications false: bubble %q hints %v", n.Summary, n.Hints)
 	if _, ok := n.Hints["sound-file"]; ok {
 		t.Errorf("sound-file hint with use-sounds-notifications false: %v", n.Hints)
 	}
@@ -444,6 +446,7 @@ func TestLomiriPlatformSettingsE2E(t *testing.T) {
 		return len(lw.shell.countsOf(counterPath)) >= before+2
 	})
 	lw.noNote("enable-notifications false")
+	t.Logf("enable-notifications false: PopAll returned the message, launcher Set calls %q", lw.shell.countsOf(counterPath))
 
 	// Back on, in silent mode: a bubble without sound.
 	lw.gsettingsSet("enable-notifications", "true")
@@ -456,6 +459,9 @@ func TestLomiriPlatformSettingsE2E(t *testing.T) {
 	if _, ok := n.Hints["sound-file"]; ok {
 		t.Errorf("sound-file hint in silent mode: %v", n.Hints)
 	}
+	t.Logf("enabled again, silent mode: first bubble %q hints %v", n.Summary, n.Hints)
+	hfd, _ := os.ReadFile(lw.hfdLog)
+	t.Logf("hfd-service log: %q", hfd)
 	if got := lw.run("gsettings", "get", "com.lomiri.notifications.settings:/com/lomiri/NotificationSettings/com.example.lomiri/app/", "enable-notifications"); strings.TrimSpace(got) != "true" {
 		t.Errorf("gsettings get enable-notifications = %q", got)
 	}
@@ -736,6 +742,7 @@ func TestLomiriPlatformConfinedHelperE2E(t *testing.T) {
 	if len(ran) != 1 || filepath.Dir(ran[0]) != filepath.Join(home, "cache", "com.example.lomiri") {
 		t.Errorf("helper input files %q, want one in the package's cache dir", ran)
 	}
+	t.Logf("aa-exec double log: %q; helper ran on %q", b, ran)
 	log := lw.daemon.Tail(1 << 20)
 	if strings.Contains(log, "helper failed") {
 		t.Errorf("{} output refused:\n%s", log)
