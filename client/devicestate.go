@@ -65,13 +65,7 @@ func WatchDevice(ctx context.Context, conn *dbus.Conn, h DeviceHooks, logger *sl
 	conn.Signal(ch)
 	defer conn.RemoveSignal(ch)
 
-	owners := map[string]string{}
-	for _, name := range []string{upowerName, nmName, logindName} {
-		var owner string
-		if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, name).Store(&owner); err == nil {
-			owners[name] = owner
-		}
-	}
+	owners := deviceOwners(ctx, conn)
 	var last config.DeviceState
 	report := func(force bool) {
 		st := readDeviceState(ctx, conn, owners)
@@ -126,6 +120,24 @@ func WatchDevice(ctx context.Context, conn *dbus.Conn, h DeviceHooks, logger *sl
 			}
 		}
 	}
+}
+
+// deviceOwners returns the unique names of the watched services running.
+func deviceOwners(ctx context.Context, conn *dbus.Conn) map[string]string {
+	owners := map[string]string{}
+	for _, name := range []string{upowerName, nmName, logindName} {
+		var owner string
+		if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, name).Store(&owner); err == nil {
+			owners[name] = owner
+		}
+	}
+	return owners
+}
+
+// ReadDeviceState reads the device state once (heraldd does at start, so
+// that its first connection already states the wanted urgency).
+func ReadDeviceState(ctx context.Context, conn *dbus.Conn) config.DeviceState {
+	return readDeviceState(ctx, conn, deviceOwners(ctx, conn))
 }
 
 // readDeviceState reads the properties of the services that are running.

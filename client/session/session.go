@@ -425,7 +425,20 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		_ = ws.SetReadDeadline(s.deadline())
 		return nil
 	})
-	s.wake() // send what the extensions have waiting
+	// The extension frames waiting (the wanted urgency) go first, before
+	// any register, so the server holds what the device does not want yet.
+	if msgs, _ := s.extFrames(); len(msgs) > 0 {
+		for _, m := range msgs {
+			b, err := protocol.Encode(m)
+			if err != nil {
+				return err
+			}
+			_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
+			if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
+				return fmt.Errorf("cannot write to push server: %w", err)
+			}
+		}
+	}
 	frames := make(chan frame, protocol.BatchSize*2)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.read(ws, frames, c.done) })

@@ -62,7 +62,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	var sys *dbus.Conn
 	if cfg.Env.SystemBus != "" {
 		if sys, err = dbus.Connect(cfg.Env.SystemBus); err != nil {
-			logger.Info("no system bus for sound settings and vibration", "err", err)
+			logger.Info("no system bus: no sound settings, vibration, network, battery or suspend state", "err", err)
 			sys = nil
 		} else {
 			defer sys.Close()
@@ -85,6 +85,13 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 		return err
 	}
 	d.SetBus(statusBus{svc})
+	// The device state is known before apps are served, so the first
+	// connection already states the lowest wanted urgency.
+	if sys != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		d.SetUrgency(cfg.Urgency.MinUrgency(client.ReadDeviceState(sctx, sys)))
+		cancel()
+	}
 
 	// The bus names are owned before the daemon starts working, so that the
 	// work resumed from the store (Post signals, UnifiedPush redelivery,
@@ -101,12 +108,9 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	g.Go(func() error { return d.Run(gctx) })
 	g.Go(func() error { return pres.Run(gctx) })
 	g.Go(func() error {
-		sys, err := dbus.ConnectSystemBus()
-		if err != nil {
-			logger.Info("no system bus; assuming the network is up", "err", err)
+		if sys == nil {
 			return nil
 		}
-		defer sys.Close()
 		var sg errgroup.Group
 		sg.Go(func() error { return client.WatchNetwork(gctx, sys, d.SetOnline, logger) })
 		sg.Go(func() error { return watchDevice(gctx, sys, cfg.Urgency, d, logger) })

@@ -367,9 +367,10 @@ type Proxy struct {
 	Addr string
 	ln   net.Listener
 
-	mu     sync.Mutex // guards target, conns, up, down, closed
+	mu     sync.Mutex // guards target, conns, frozen, up, down, closed
 	target string
 	conns  map[net.Conn]struct{}
+	frozen map[net.Conn]bool // connections whose bytes are dropped (Freeze)
 	up     int64 // client → target
 	down   int64 // target → client
 	wg     sync.WaitGroup
@@ -420,7 +421,11 @@ func (p *Proxy) pipe(dst, src net.Conn, counter *int64) {
 		if n > 0 {
 			p.mu.Lock()
 			*counter += int64(n)
+			frozen := p.frozen[src]
 			p.mu.Unlock()
+			if frozen {
+				continue // a dead path: bytes vanish, nobody is told
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				break
 			}
@@ -434,7 +439,25 @@ func (p *Proxy) pipe(dst, src net.Conn, counter *int64) {
 	p.mu.Lock()
 	delete(p.conns, dst)
 	delete(p.conns, src)
+	delete(p.frozen, dst)
+	delete(p.frozen, src)
 	p.mu.Unlock()
+}
+
+// Freeze makes every open connection through the proxy a dead path, as
+// after a suspend behind a NAT that forgot it: bytes in either direction
+// vanish and neither end is told. New connections work. It returns how
+// many connection pairs were frozen.
+func (p *Proxy) Freeze() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen == nil {
+		p.frozen = map[net.Conn]bool{}
+	}
+	for c := range p.conns {
+		p.frozen[c] = true
+	}
+	return len(p.conns) / 2
 }
 
 // SetTarget makes new connections go to target (like a load balancer taking

@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldpush/herald/internal/fakesys"
+	"github.com/heraldpush/herald/internal/harness"
+)
+
+// withSystem starts a private bus as heraldd's system bus with fakes of
+// UPower, NetworkManager and logind on it (internal/fakesys says why they
+// are fakes: Debian's upower, network-manager and systemd-logind cannot run
+// on a private bus in a test). setup runs before heraldd starts.
+func withSystem(t *testing.T, o *worldOptions, setup func(*fakesys.Services)) *fakesys.Services {
+	t.Helper()
+	bus, err := harness.StartBus(filepath.Join(t.TempDir(), "sysbus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bus.Close)
+	sys, err := fakesys.Start(bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Close)
+	if setup != nil {
+		setup(sys)
+	}
+	o.daemonEnv = append(o.daemonEnv, "DBUS_SYSTEM_BUS_ADDRESS="+bus.Address)
+	return sys
+}
+
+// popUntil pops appID's queue after each Post signal until want messages
+// have come, and returns them.
+func (w *world) popUntil(appID string, want int) []string {
+	w.t.Helper()
+	var got []string
+	for len(got) < want {
+		w.waitPost(appID, waitLong)
+		msgs, err := w.popAll(appID)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		got = append(got, msgs...)
+	}
+	return got
+}
+
+// On battery at 10 % heraldd wants only high urgency: herald-server holds a
+// very-low message (a high one comes at once) until power returns.
+func TestUrgencyByBattery(t *testing.T) {
+	var o worldOptions
+	sys := withSystem(t, &o, func(s *fakesys.Services) { s.SetBattery(true, 10) })
+	w := newWorld(t, o)
+	const appID = "com.example.news_news"
+	token := w.registerLomiri(appID)
+	if st, err := w.pushWeb(token, []byte(`{"n":"newsletter"}`), 600, map[string]string{"Urgency": "very-low"}); err != nil || st != 201 {
+		t.Fatalf("very-low push = %d %v", st, err)
+	}
+	if st, err := w.pushWeb(token, []byte(`{"n":"call"}`), 600, map[string]string{"Urgency": "high"}); err != nil || st != 201 {
+		t.Fatalf("high push = %d %v", st, err)
+	}
+	// Order per app is kept, so had the newsletter (sent first) reached the
+	// device, it would come first or with the call.
+	if got := w.popUntil(appID, 1); !slices.Equal(got, []string{`{"n":"call"}`}) {
+		t.Fatalf("on battery at 10 %%, the app got %q; want only the high message", got)
+	}
+	sys.SetBattery(false, 11) // power is back
+	if got := w.popUntil(appID, 1); !slices.Equal(got, []string{`{"n":"newsletter"}`}) {
+		t.Fatalf("on power, the app got %q; want the held newsletter", got)
+	}
+}
+
+// After a resume from suspend, a connection that died silently during the
+// sleep is replaced at once: a message pushed after the resume reaches the
+// app within 2 s (without the check it would wait for the read deadline,
+// the ping interval of 5 minutes plus grace).
+func TestResumeReplacesDeadConnection(t *testing.T) {
+	o := worldOptions{proxy: true}
+	sys := withSystem(t, &o, nil)
+	w := newWorld(t, o)
+	const appID = "com.example.chat_chat"
+	token := w.registerLomiri(appID)
+	if st, err := w.pushWeb(token, []byte(`{"n":1}`), 600, nil); err != nil || st != 201 {
+		t.Fatalf("push = %d %v", st, err)
+	}
+	w.popUntil(appID, 1) // connected and delivering
+	sys.Sleep()
+	if n := w.proxy.Freeze(); n != 1 {
+		t.Fatalf("froze %d connections, want heraldd's one", n)
+	}
+	sys.Resume()
+	resumed := time.Now()
+	if st, err := w.pushWeb(token, []byte(`{"n":2}`), 600, nil); err != nil || st != 201 {
+		t.Fatalf("push = %d %v", st, err)
+	}
+	w.waitPost(appID, 2*time.Second-time.Since(resumed))
+	msgs, err := w.popAll(appID)
+	if err != nil || !slices.Equal(msgs, []string{`{"n":2}`}) {
+		t.Fatalf("after the resume the app got %q, %v", msgs, err)
+	}
+	t.Logf("message after the resume delivered %s after it", time.Since(resumed).Round(time.Millisecond))
+}
+
+type receiptPage struct {
+	Receipts []struct {
+		Seq     int64  `json:"seq"`
+		Message string `json:"message"`
+		Status  string `json:"status"`
+		Code    int    `json:"code"`
+	} `json:"receipts"`
+	Next int64 `json:"next"`
+}
+
+// receipts long-polls a receipt subscription.
+func (w *world) receipts(loc string, since int64) receiptPage {
+	w.t.Helper()
+	resp, err := w.http.Get(fmt.Sprintf("%s?wait=8&since=%d", loc, since))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		w.t.Fatalf("GET %s = %d, want receipts", loc, resp.StatusCode)
+	}
+	var p receiptPage
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+		w.t.Fatal(err)
+	}
+	return p
+}
+
+// An app server learns that its message reached the device (the device's
+// ack) and that the app took it (PopAll): RFC 8030 receipts and Herald's
+// "read" receipt through the app_ack extension.
+func TestReceiptsAfterAckAndPopAll(t *testing.T) {
+	w := newWorld(t, worldOptions{})
+	const appID = "com.example.shop_shop"
+	token := w.registerLomiri(appID)
+	resp, err := w.http.Post(w.server.HTTP()+"/receipts", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != 201 || !strings.Contains(loc, "/r/") {
+		t.Fatalf("POST /receipts = %d, Location %q", resp.StatusCode, loc)
+	}
+	req, _ := http.NewRequest("POST", w.server.HTTP()+"/wpush/v1/"+token, strings.NewReader(`{"order":42}`))
+	req.Header.Set("TTL", "600")
+	req.Header.Set("Prefer", "respond-async")
+	req.Header.Set("Link", "<"+loc+`>; rel="urn:ietf:params:push:receipt"`)
+	resp, err = w.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	msg := resp.Header.Get("Location")
+	if resp.StatusCode != 202 || msg == "" {
+		t.Fatalf("push with receipt = %d, Location %q; want 202", resp.StatusCode, msg)
+	}
+	w.waitPost(appID, waitLong) // queued for the app: heraldd has acked it
+	p := w.receipts(loc, 0)
+	if len(p.Receipts) != 1 || p.Receipts[0].Message != msg || p.Receipts[0].Status != "delivered" || p.Receipts[0].Code != 100 {
+		t.Fatalf("receipts after the device's ack: %+v, want delivered for %s", p.Receipts, msg)
+	}
+	if msgs, err := w.popAll(appID); err != nil || len(msgs) != 1 {
+		t.Fatalf("PopAll = %q, %v", msgs, err)
+	}
+	p = w.receipts(loc, p.Next)
+	if len(p.Receipts) != 1 || p.Receipts[0].Message != msg || p.Receipts[0].Status != "read" {
+		t.Fatalf("receipts after PopAll: %+v, want read for %s", p.Receipts, msg)
+	}
+}
