@@ -371,8 +371,8 @@ type Proxy struct {
 	target string
 	conns  map[net.Conn]struct{}
 	frozen map[net.Conn]bool // connections whose bytes are dropped (Freeze)
-	up     int64 // client → target
-	down   int64 // target → client
+	up     int64             // client → target
+	down   int64             // target → client
 	wg     sync.WaitGroup
 }
 
