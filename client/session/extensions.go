@@ -117,8 +117,8 @@ func (s *Session) welcomed(h *protocol.Hello, sent string) {
 }
 
 // extFrames returns the extension frames to send now and whether a resume
-// check is asked.
-func (s *Session) extFrames() (msgs []protocol.Message, check bool) {
+// check is asked (only taken when takeCheck; else it stays asked).
+func (s *Session) extFrames(takeCheck bool) (msgs []protocol.Message, check bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if u := s.ext.urgency; u != "" && u != s.ext.sent && s.ext.supported[protocol.ExtUrgency] {
@@ -133,7 +133,9 @@ func (s *Session) extFrames() (msgs []protocol.Message, check bool) {
 		}
 		s.ext.appAcks = nil
 	}
-	check, s.ext.check = s.ext.check, false
+	if takeCheck {
+		check, s.ext.check = s.ext.check, false
+	}
 	return msgs, check
 }
 

@@ -13,7 +13,7 @@ import (
 func TestExtensionsOnlyForServersThatNameThem(t *testing.T) {
 	srv := newFakeServer(t)
 	h := newHandler()
-	s, _ := start(t, Config{URL: srv.url(), Handler: h, Rand: func(int64) int64 { return 0 }})
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, RequestTimeout: 2 * time.Second, Rand: func(int64) int64 { return 0 }})
 	s.SetUrgency("high")
 	s.SetWanted(true)
 	c := srv.accept(t)
@@ -37,6 +37,8 @@ func TestExtensionsOnlyForServersThatNameThem(t *testing.T) {
 	if hello := readMsg(t, c2).(*protocol.Hello); hello.Urgency != "" {
 		t.Fatalf("second hello carries urgency %q", hello.Urgency)
 	}
+	writeMsg(t, c2, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	h.waitState(t, StateConnected)
 }
 
 // A herald-server naming the extensions gets the wanted urgency at once, in
@@ -44,7 +46,7 @@ func TestExtensionsOnlyForServersThatNameThem(t *testing.T) {
 func TestExtensionsForHeraldServer(t *testing.T) {
 	srv := newFakeServer(t)
 	h := newHandler()
-	s, _ := start(t, Config{URL: srv.url(), Handler: h, Rand: func(int64) int64 { return 0 }})
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, RequestTimeout: 2 * time.Second, Rand: func(int64) int64 { return 0 }})
 	s.SetUrgency("high")
 	s.SetWanted(true)
 	c := srv.accept(t)
@@ -67,6 +69,8 @@ func TestExtensionsForHeraldServer(t *testing.T) {
 	if hello := readMsg(t, c2).(*protocol.Hello); hello.Urgency != "very-low" {
 		t.Fatalf("hello to a herald-server carries urgency %q, want very-low", hello.Urgency)
 	}
+	writeMsg(t, c2, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	h.waitState(t, StateConnected)
 }
 
 // After a resume, Check pings; a connection that does not answer within the
@@ -75,7 +79,7 @@ func TestExtensionsForHeraldServer(t *testing.T) {
 func TestCheckReplacesDeadConnection(t *testing.T) {
 	srv := newFakeServer(t)
 	h := newHandler()
-	s, _ := start(t, Config{URL: srv.url(), Handler: h, CheckTimeout: 200 * time.Millisecond,
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, CheckTimeout: 200 * time.Millisecond, RequestTimeout: 2 * time.Second,
 		Backoff: Backoff{Min: time.Minute, Max: time.Hour, Stable: time.Hour}, Rand: func(n int64) int64 { return n - 1 }})
 	s.SetWanted(true)
 	c := srv.accept(t)
@@ -88,13 +92,15 @@ func TestCheckReplacesDeadConnection(t *testing.T) {
 	if _, ok := readMsg(t, c2).(*protocol.Hello); !ok {
 		t.Fatal("expected hello on the new connection")
 	}
+	writeMsg(t, c2, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	h.waitState(t, StateConnected)
 }
 
 // Check without a connection ends the backoff wait and dials at once.
 func TestCheckEndsBackoff(t *testing.T) {
 	srv := newFakeServer(t)
 	h := newHandler()
-	s, _ := start(t, Config{URL: srv.url(), Handler: h,
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, RequestTimeout: 2 * time.Second,
 		Backoff: Backoff{Min: time.Minute, Max: time.Hour, Stable: time.Hour}, Rand: func(n int64) int64 { return n - 1 }})
 	s.SetWanted(true)
 	c := srv.accept(t)
@@ -106,4 +112,6 @@ func TestCheckEndsBackoff(t *testing.T) {
 	if _, ok := readMsg(t, c2).(*protocol.Hello); !ok {
 		t.Fatal("expected hello after Check")
 	}
+	writeMsg(t, c2, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	h.waitState(t, StateConnected)
 }

@@ -427,7 +427,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	})
 	// The extension frames waiting (the wanted urgency) go first, before
 	// any register, so the server holds what the device does not want yet.
-	if msgs, _ := s.extFrames(); len(msgs) > 0 {
+	if msgs, _ := s.extFrames(false); len(msgs) > 0 {
 		for _, m := range msgs {
 			b, err := protocol.Encode(m)
 			if err != nil {
@@ -515,7 +515,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 				s.wake()
 				return errors.New("reconnect requested")
 			}
-			msgs, check := s.extFrames()
+			msgs, check := s.extFrames(true)
 			for _, m := range msgs {
 				if err := write(m); err != nil {
 					return err
