@@ -39,6 +39,7 @@ type lhub struct {
 	conns     map[string]*lconn     // guarded by mu
 	listeners map[net.Listener]bool // guarded by mu
 	closing   bool                  // guarded by mu
+	perIP     connCounter           // open connections per client address
 	wg        sync.WaitGroup        // accept loops and connections
 }
 
@@ -133,9 +134,22 @@ func (s *Server) acceptLomiri(ln net.Listener) {
 			continue
 		}
 		delay = 0
+		// At most MaxConnsPerIP devices per client address, as for
+		// websockets (devices behind one NAT share it): beyond it the
+		// connection is closed before the TLS handshake.
+		ip := nc.RemoteAddr().String()
+		if host, _, err := net.SplitHostPort(ip); err == nil {
+			ip = host
+		}
+		if !s.lomiri.perIP.acquire(ip, s.cfg.MaxConnsPerIP) {
+			s.log.Debug("lomiri device refused: too many connections from its address", "remote", ip)
+			nc.Close()
+			continue
+		}
 		s.lomiri.mu.Lock()
 		if s.lomiri.closing {
 			s.lomiri.mu.Unlock()
+			s.lomiri.perIP.release(ip)
 			nc.Close()
 			return
 		}
@@ -144,6 +158,7 @@ func (s *Server) acceptLomiri(ln net.Listener) {
 		c := &lconn{s: s, nc: nc, kick: make(chan struct{}, 1), bkick: make(chan struct{}, 1), done: make(chan struct{})}
 		go func() {
 			defer s.lomiri.wg.Done()
+			defer s.lomiri.perIP.release(ip)
 			c.run()
 		}()
 	}

@@ -408,3 +408,49 @@ func TestLomiriAPIErrors(t *testing.T) {
 		t.Fatalf("text/plain /register = %d", r.status)
 	}
 }
+
+// A client address holds at most MaxConnsPerIP Lomiri connections; the next
+// one is closed at once, and a slot frees when one of them ends.
+func TestLomiriConnectionsPerAddress(t *testing.T) {
+	_, addr, cert := startLomiri(t, func(c *Config) { c.MaxConnsPerIP = 2 })
+	d1 := dialLomiri(t, addr, cert)
+	d1.connect("A", nil, nil)
+	d2 := dialLomiri(t, addr, cert)
+	d2.connect("B", nil, nil)
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: cert.Pool(), ServerName: "push.test"})
+	if err == nil {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte{lomiri.WireVersion})
+		lomiri.WriteFrame(c, []byte(`{"T":"connect","DeviceId":"C","Levels":{}}`))
+		if f, err := lomiri.ReadFrame(c, 0); err == nil {
+			t.Fatalf("a third connection from one address got %s", f)
+		}
+		c.Close()
+	}
+	d1.c.Close()
+	// The server notices d1 is gone (its reader ends), then a slot is free.
+	waitFor(t, func() bool {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: cert.Pool(), ServerName: "push.test"})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte{lomiri.WireVersion})
+		lomiri.WriteFrame(c, []byte(`{"T":"connect","DeviceId":"C","Levels":{}}`))
+		_, err = lomiri.ReadFrame(c, 0)
+		return err == nil
+	})
+}
+
+// waitFor polls cond (each try is a real exchange with the server) until
+// it holds, failing after 20 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20 s")
+		}
+	}
+}

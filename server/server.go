@@ -214,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 	s.hub.conns = map[string]*conn{}
 	s.tokens.m = map[string]Channel{}
 	s.wsConns.n = map[string]int{}
+	s.lomiri.perIP.n = map[string]int{}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   512,

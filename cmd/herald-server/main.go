@@ -90,7 +90,7 @@ func main() {
 	fs.DurationVar(&o.deviceIdle, "device-idle", server.DefaultDeviceIdle, "a device away this long is deleted with its channels and messages")
 	fs.IntVar(&o.maxAttempts, "max-attempts", server.DefaultMaxAttempts, "times a stored message is sent without an ack before it is dropped")
 	fs.DurationVar(&o.ackTimeout, "ack-timeout", server.DefaultAckTimeout, "wait for the acks of a batch of stored messages before sending the next")
-	fs.IntVar(&o.maxConnsIP, "max-conns-ip", server.DefaultMaxConnsPerIP, "device websockets one client address may hold at once")
+	fs.IntVar(&o.maxConnsIP, "max-conns-ip", server.DefaultMaxConnsPerIP, "device connections (websockets, and Lomiri connections apart) one client address may hold at once")
 	fs.Float64Var(&o.upgradeRate, "rate-limit-upgrade", server.DefaultUpgradeLimit.Rate, "websocket upgrades per second per client address (0: no limit)")
 	fs.IntVar(&o.upgradeBurst, "rate-burst-upgrade", server.DefaultUpgradeLimit.Burst, "burst of websocket upgrades per client address")
 	fs.DurationVar(&o.sweepInterval, "sweep-interval", server.DefaultSweepInterval, "how often expired messages and idle devices are deleted")
