@@ -552,37 +552,30 @@ func (s *PostgresStore) Cancel(ctx context.Context, id string) error {
 // statement holds many row locks or runs long.
 const sweepBatch = 5000
 
-// Sweep implements Store. The node that gets the sweep advisory lock deletes
-// expired messages in batches; a node that does not get it returns 0.
+// Sweep implements Store. Each batch of expired messages is deleted in a
+// transaction that first takes the sweep advisory lock (transaction-scoped,
+// so it also works through PgBouncer's transaction pooling); a node that
+// does not get it stops and returns what it deleted so far (0: another node
+// is sweeping).
 func (s *PostgresStore) Sweep(ctx context.Context, now time.Time) (int, error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return 0, s.wrap("cannot sweep", err)
-	}
-	defer conn.Release()
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, pgLockSpace, pgLockSweep).Scan(&got); err != nil {
-		return 0, s.wrap("cannot sweep", err)
-	}
-	if !got {
-		return 0, nil
-	}
-	defer func() {
-		// A session lock: release it on this connection (a failure closes
-		// the connection, which releases it too).
-		if _, err := conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1, $2)`, pgLockSpace, pgLockSweep); err != nil {
-			conn.Conn().Close(context.Background())
-		}
-	}()
 	total := 0
 	for {
-		tag, err := conn.Exec(ctx, `DELETE FROM messages WHERE (uaid, seq) IN (
-			SELECT uaid, seq FROM messages WHERE expiry <= $1 LIMIT $2)`, ms(now), sweepBatch)
+		var n int64
+		got := false
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, pgLockSpace, pgLockSweep).Scan(&got); err != nil || !got {
+				return err
+			}
+			tag, err := tx.Exec(ctx, `DELETE FROM messages WHERE (uaid, seq) IN (
+				SELECT uaid, seq FROM messages WHERE expiry <= $1 LIMIT $2)`, ms(now), sweepBatch)
+			n = tag.RowsAffected()
+			return err
+		})
 		if err != nil {
 			return total, s.wrap("cannot sweep", err)
 		}
-		total += int(tag.RowsAffected())
-		if tag.RowsAffected() < sweepBatch {
+		total += int(n)
+		if !got || n < sweepBatch {
 			return total, nil
 		}
 	}

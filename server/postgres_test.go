@@ -55,6 +55,15 @@ func TestPostgresSweepOneNodeAtATime(t *testing.T) {
 	if err := other.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, pgLockSpace, pgLockSweep).Scan(&got); err != nil || !got {
 		t.Fatalf("sweep lock still held after Sweep (%v)", err)
 	}
+	other.Exec(ctx, `SELECT pg_advisory_unlock($1, $2)`, pgLockSpace, pgLockSweep)
+	// More than one batch is swept in one call.
+	if _, err := other.Exec(ctx, `INSERT INTO messages (id, uaid, chid, version, expiry)
+		SELECT 'x' || i, $1, 'c', 'v' || i, 1 FROM generate_series(1, $2::int) i`, uaid, sweepBatch+10); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.Sweep(ctx, later); err != nil || n != sweepBatch+10 {
+		t.Fatalf("Sweep of %d = %d, %v", sweepBatch+10, n, err)
+	}
 }
 
 // Migrations run once however many nodes open the database, and a database
