@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -198,19 +199,55 @@ func SetApplications(ctx context.Context, gsettings string, apps []string) ([]st
 		quoted = append(quoted, "'"+a+"'")
 	}
 	value := "@as [" + strings.Join(quoted, ", ") + "]"
+	run := func(args ...string) (string, error) {
+		cctx, cancel := context.WithTimeout(ctx, gsettingsTimeout)
+		defer cancel()
+		out, err := exec.CommandContext(cctx, path, args...).CombinedOutput()
+		return string(out), err
+	}
 	var written []string
 	var errs []error
-	for _, schema := range []string{lomiriGlobalSchema, ubuntuGlobalSchema} {
-		cctx, cancel := context.WithTimeout(ctx, gsettingsTimeout)
-		out, err := exec.CommandContext(cctx, path, "set", schema, "applications", value).CombinedOutput()
-		cancel()
+	for _, g := range []struct{ global, app, base string }{
+		{lomiriGlobalSchema, lomiriAppSchema, lomiriAppPath},
+		{ubuntuGlobalSchema, ubuntuAppSchema, ubuntuAppPath},
+	} {
+		old, _ := run("get", g.global, "applications")
+		out, err := run("set", g.global, "applications", value)
 		switch {
 		case err == nil:
-			written = append(written, schema)
-		case strings.Contains(string(out), "No such schema"), strings.Contains(string(out), "No schemas installed"):
+			written = append(written, g.global)
+		case strings.Contains(out, "No such schema"), strings.Contains(out, "No schemas installed"):
+			continue
 		default:
-			errs = append(errs, fmt.Errorf("cannot set %s applications: %w: %s", schema, err, strings.TrimSpace(string(out))))
+			errs = append(errs, fmt.Errorf("cannot set %s applications: %w: %s", g.global, err, strings.TrimSpace(out)))
+			continue
+		}
+		// As upstream: an app that left the list (uninstalled) has its
+		// switches reset.
+		for _, gone := range removedApps(old, apps) {
+			f := strings.Split(gone, "/")
+			if len(f) != 3 || f[0] == "" || f[1] == "" {
+				continue
+			}
+			if out, err := run("reset-recursively", g.app+":"+g.base+f[0]+"/"+f[1]+"/"); err != nil {
+				errs = append(errs, fmt.Errorf("cannot reset the settings of %s: %w: %s", gone, err, strings.TrimSpace(out)))
+			}
 		}
 	}
 	return written, errors.Join(errs...)
+}
+
+// removedApps returns the entries of the printed GVariant string array old
+// ("['a', 'b']" or "@as []") that are not in apps.
+func removedApps(old string, apps []string) []string {
+	old = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(old), "@as"))
+	old = strings.TrimSuffix(strings.TrimPrefix(old, "["), "]")
+	var gone []string
+	for _, e := range strings.Split(old, ",") {
+		e = strings.Trim(strings.TrimSpace(e), "'")
+		if e != "" && !strings.ContainsAny(e, "'\\") && !slices.Contains(apps, e) {
+			gone = append(gone, e)
+		}
+	}
+	return gone
 }

@@ -760,6 +760,25 @@ func TestLomiriPlatformConfinedHelperE2E(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "com.example.noprofile.ran")); err == nil {
 		t.Error("the helper without its AppArmor profile ran")
 	}
+
+	// Uninstalling a package (click removes its hook link and runs the hook
+	// again) drops it from the list and resets its switches, as upstream.
+	const npSettings = "com.lomiri.notifications.settings:/com/lomiri/NotificationSettings/com.example.noprofile/app/"
+	lw.run("gsettings", "set", npSettings, "enable-notifications", "false")
+	if err := os.Remove(filepath.Join(hooks, "com.example.noprofile_helper_1.0.json")); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(built.herald, "click-hook")
+	cmd.Env = lw.toolEnv
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("herald click-hook after removal: %v\n%s", err, out)
+	}
+	if apps := lw.run("gsettings", "get", "com.lomiri.notifications.settings.applications", "applications"); strings.TrimSpace(apps) != "['com.example.lomiri/app/1.0']" {
+		t.Errorf("applications after removing com.example.noprofile = %s", apps)
+	}
+	if v := lw.run("gsettings", "get", npSettings, "enable-notifications"); strings.TrimSpace(v) != "true" {
+		t.Errorf("enable-notifications of the removed app = %s, want reset to true", v)
+	}
 	for _, l := range strings.Split(log, "\n") {
 		if strings.Contains(l, "helper refused") || strings.Contains(l, "aa-exec") {
 			t.Logf("heraldd: %s", l)
