@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -130,6 +132,11 @@ type conn struct {
 	// before the connection is attached.
 	route Route
 
+	br      *bufio.Reader   // gorilla's read buffer (see hijacker), nil if not ours
+	raw     syscall.RawConn // the socket, to wait for it on a small stack
+	peekBuf [1]byte
+	ip      string // client address, counted in Server.wsConns
+
 	wmu sync.Mutex // serialises writes to ws
 
 	drainMu sync.Mutex // serialises drain (reader goroutine and ack timer)
@@ -210,7 +217,8 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	ws, err := s.upgrader.Upgrade(w, r, nil)
+	hj := &hijacker{ResponseWriter: w}
+	ws, err := s.upgrader.Upgrade(hj, r, nil)
 	if err != nil {
 		s.wsConns.release(ip)
 		s.hub.wg.Done()
@@ -219,11 +227,17 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	// Serve the websocket on a fresh goroutine and return, so that the HTTP
 	// server frees its per-connection state and the bigger handler stack.
-	c := &conn{s: s, ws: ws}
+	c := &conn{s: s, ws: ws, br: hj.br, ip: ip}
+	if sc, ok := ws.NetConn().(syscall.Conn); ok && c.br != nil {
+		c.raw, _ = sc.SyscallConn()
+	}
 	go func() {
-		defer s.hub.wg.Done()
-		defer s.wsConns.release(ip)
-		c.run()
+		if c.open() {
+			go c.loop()
+			return
+		}
+		s.wsConns.release(ip)
+		s.hub.wg.Done()
 	}()
 }
 
@@ -251,10 +265,19 @@ func (c *conn) read() (int, []byte, error) {
 	return typ, b, err
 }
 
-// run serves the connection until it ends.
-func (c *conn) run() {
+// open takes the device's hello, attaches the connection and sends the
+// stored messages' first batch. It reports whether the connection is up; if
+// not, it has closed it. The read loop (loop) then runs on a goroutine of its
+// own: a fresh goroutine's stack holds only what reading frames needs, not
+// what the hello's store calls grew this one to, and an idle device costs
+// one small stack.
+func (c *conn) open() (up bool) {
 	s := c.s
-	defer c.ws.Close()
+	defer func() {
+		if !up {
+			c.ws.Close()
+		}
+	}()
 	c.ws.SetReadLimit(protocol.MaxFrameBytes)
 	c.ws.SetReadDeadline(time.Now().Add(helloTimeout))
 	hello, err := c.readHello()
@@ -290,8 +313,9 @@ func (c *conn) run() {
 	}
 	// Draining from before attach: a message posted once c can receive live
 	// deliveries waits behind the stored ones (and behind the hello reply).
+	// A new uaid has no channel yet, so nothing stored and nothing to post.
 	c.mu.Lock()
-	c.draining = true
+	c.draining = known
 	c.mu.Unlock()
 	old, ok := s.hub.attach(c)
 	if !ok {
@@ -320,24 +344,9 @@ func (c *conn) run() {
 	}
 	s.metrics.connected.Inc()
 	defer func() {
-		if s.node != nil && !s.hub.isClosing() {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := s.store.ClearRoute(cctx, uaid, c.route); err != nil {
-				s.log.Warn("cannot clear route", "err", err)
-			}
-			cancel()
+		if !up {
+			c.detach()
 		}
-		s.hub.detach(c)
-		s.metrics.connected.Dec()
-		c.mu.Lock()
-		c.closed = true
-		if c.ping != nil {
-			c.ping.Stop()
-		}
-		if c.ackTimer != nil {
-			c.ackTimer.Stop()
-		}
-		c.mu.Unlock()
 	}()
 	s.log.Debug("device connected", "uaid", redact(uaid), "known", known)
 
@@ -353,29 +362,92 @@ func (c *conn) run() {
 	if err := c.drain(ctx); err != nil {
 		return
 	}
+	return true
+}
+
+// detach ends an attached connection: its route, its place in the hub, its
+// timers.
+func (c *conn) detach() {
+	s := c.s
+	if s.node != nil && !s.hub.isClosing() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.store.ClearRoute(cctx, c.uaid, c.route); err != nil {
+			s.log.Warn("cannot clear route", "err", err)
+		}
+		cancel()
+	}
+	s.hub.detach(c)
+	s.metrics.connected.Dec()
+	c.mu.Lock()
+	c.closed = true
+	if c.ping != nil {
+		c.ping.Stop()
+	}
+	if c.ackTimer != nil {
+		c.ackTimer.Stop()
+	}
+	c.mu.Unlock()
+}
+
+// loop reads and handles the device's frames until the connection ends. It
+// waits for the device on a small stack (waitReadable) and, once the frames
+// that woke it are handled, goes on as a fresh goroutine: reading and
+// handling grew this one's stack, and a parked goroutine keeps its stack.
+func (c *conn) loop() {
+	s := c.s
+	ctx := context.Background()
 	for {
-		typ, frame, err := c.read()
-		if err != nil {
+		if err := c.waitReadable(); err != nil {
 			s.log.Debug("device disconnected", "err", err)
+			c.end()
 			return
 		}
-		c.extendDeadline()
-		if typ != websocket.TextMessage {
-			c.fail(websocket.CloseUnsupportedData, "text frames only")
+		if c.skipPong() {
+			c.extendDeadline()
+			continue
+		}
+		if c.handleNext(ctx) {
+			c.end()
 			return
 		}
-		var m protocol.Message
-		if ack, ok := parseAck(frame); ok {
-			m = ack
-		} else if m, err = protocol.Decode(frame); err != nil {
-			s.log.Debug("bad frame from device", "err", err)
-			c.fail(websocket.CloseProtocolError, "malformed frame")
-			return
-		}
-		if err := c.handle(ctx, m); err != nil {
+		if c.br == nil || c.br.Buffered() == 0 {
+			go c.loop()
 			return
 		}
 	}
+}
+
+// end closes the connection and releases what it holds.
+func (c *conn) end() {
+	c.detach()
+	c.ws.Close()
+	c.s.wsConns.release(c.ip)
+	c.s.hub.wg.Done()
+}
+
+// handleNext reads one message and handles it; done says the connection
+// has ended.
+func (c *conn) handleNext(ctx context.Context) (done bool) {
+	s := c.s
+	typ, frame, err := c.read()
+	if err != nil {
+		s.log.Debug("device disconnected", "err", err)
+		return true
+	}
+	c.extendDeadline()
+	if typ != websocket.TextMessage {
+		c.fail(websocket.CloseUnsupportedData, "text frames only")
+		return true
+	}
+	var m protocol.Message
+	if ack, ok := parseAck(frame); ok {
+		m = ack
+	} else if m, err = protocol.Decode(frame); err != nil {
+		s.log.Debug("bad frame from device", "err", err)
+		c.fail(websocket.CloseProtocolError, "malformed frame")
+		return true
+	}
+	return c.handle(ctx, m) != nil
 }
 
 func (c *conn) readHello() (*protocol.Hello, error) {

@@ -217,10 +217,11 @@ func New(cfg Config) (*Server, error) {
 	s.lomiri.perIP.n = map[string]int{}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   512,
-		WriteBufferSize:  1024,
-		WriteBufferPool:  &sync.Pool{},
-		Subprotocols:     []string{protocol.Subprotocol},
+		// 0: gorilla adopts the read buffer hijacker supplies (idle.go).
+		ReadBufferSize:  0,
+		WriteBufferSize: 1024,
+		WriteBufferPool: &sync.Pool{},
+		Subprotocols:    []string{protocol.Subprotocol},
 		// permessage-deflate when the device asks (heraldd does): JSON frames
 		// of plaintext messages shrink by a third; idle connections hold no
 		// compressor, gorilla takes one from a pool per message.

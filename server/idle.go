@@ -1,0 +1,83 @@
+package server
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"syscall"
+)
+
+// An idle device connection costs one goroutine parked on a small stack
+// (docs/architecture.md, "Idle connections"). gorilla's blocking read path
+// is about 1.9 KB of stack deep, which makes every parked reader a 4 KiB
+// stack; the connection instead waits for its socket to become readable
+// through syscall.RawConn (under 1 KB deep, a 2 KiB stack) and only then
+// calls into gorilla. That needs to know whether gorilla has a frame
+// buffered already, so the connection supplies gorilla's read buffer itself.
+
+// readBufferSize is the size of a device connection's read buffer. gorilla
+// adopts a hijacked reader only when it is larger than 256 bytes.
+const readBufferSize = 384
+
+// hijacker hands gorilla's Upgrade a read buffer of the connection's own.
+type hijacker struct {
+	http.ResponseWriter
+	br *bufio.Reader // set by Hijack
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil || brw.Reader.Buffered() > 0 {
+		// gorilla refuses data sent before the handshake completes.
+		return nc, brw, err
+	}
+	h.br = bufio.NewReaderSize(nc, readBufferSize)
+	return nc, bufio.NewReadWriter(h.br, brw.Writer), nil
+}
+
+// waitReadable parks until the device has sent something: a frame already
+// buffered, bytes on the socket, its end or an error. err is the socket's
+// (a read deadline, the connection closed).
+func (c *conn) waitReadable() error {
+	if c.br == nil || c.raw == nil || c.br.Buffered() > 0 {
+		return nil
+	}
+	return c.raw.Read(c.peek)
+}
+
+// peek reports whether a read on fd would not block, without consuming
+// anything (MSG_PEEK): data, an orderly end or an error. Asking the socket
+// rather than trusting the poller's edge keeps a wakeup from being lost when
+// gorilla's last read left bytes in the socket.
+func (c *conn) peek(fd uintptr) bool {
+	for {
+		_, _, err := syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		return !errors.Is(err, syscall.EAGAIN)
+	}
+}
+
+// skipPong consumes a pong frame that is complete at the head of the read
+// buffer, between messages, so that answering the server's keepalive does not
+// take the deep read path (after which the goroutine would wait on its
+// larger stack). RFC 6455 §5.5.3: a pong needs no answer, and its payload
+// is not looked at. Anything else is left to gorilla.
+func (c *conn) skipPong() bool {
+	if c.br == nil || c.br.Buffered() < 6 {
+		return false
+	}
+	h, _ := c.br.Peek(2)
+	// FIN, no RSV bits, opcode 0xA; masked (a client frame), short length.
+	if h[0] != 0x8A || h[1]&0x80 == 0 || h[1]&0x7F > 125 {
+		return false
+	}
+	n := 2 + 4 + int(h[1]&0x7F)
+	if c.br.Buffered() < n {
+		return false
+	}
+	_, _ = c.br.Discard(n)
+	return true
+}
