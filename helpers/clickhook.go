@@ -82,7 +82,10 @@ func BuildClickHook(dir string) (ClickHook, error) {
 		}
 		exec := m.Exec
 		if !filepath.IsAbs(exec) {
-			exec = filepath.Join(filepath.Dir(real), exec)
+			if exec, err = resolveInside(filepath.Dir(real), exec); err != nil {
+				errs = append(errs, fmt.Errorf("hook %s: %w", name, err))
+				continue
+			}
 		}
 		key := pkg
 		var hookApps []string

@@ -277,7 +277,9 @@ func (f *Finder) manifest(path string) (manifest, bool) {
 			if err != nil {
 				return nil, err
 			}
-			m.exec = filepath.Join(filepath.Dir(real), m.Exec)
+			if m.exec, err = resolveInside(filepath.Dir(real), m.Exec); err != nil {
+				return nil, err
+			}
 		}
 		return m, nil
 	})
@@ -285,6 +287,38 @@ func (f *Finder) manifest(path string) (manifest, bool) {
 		return manifest{}, false
 	}
 	return v.(manifest), true
+}
+
+// resolveInside resolves the relative exec of a manifest in dir, which must
+// stay inside dir: no ".." element, and no symlink that leads out of it. It
+// returns the real path, so that a symlink swapped later is not followed.
+func resolveInside(dir, rel string) (string, error) {
+	for _, e := range strings.Split(filepath.ToSlash(rel), "/") {
+		if e == ".." {
+			return "", fmt.Errorf("exec %q leaves the package directory", rel)
+		}
+	}
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(realDir, rel)
+	real, err := filepath.EvalSymlinks(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, lerr := os.Lstat(p); lerr == nil {
+			return "", fmt.Errorf("exec %q is a dangling symlink", rel)
+		}
+		// Not there (yet): running it fails with ErrStart, as before;
+		// lexically it is inside.
+		return p, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("exec %q: %w", rel, err)
+	}
+	if !strings.HasPrefix(real, realDir+string(filepath.Separator)) {
+		return "", fmt.Errorf("exec %q resolves to %q, outside the package directory", rel, real)
+	}
+	return real, nil
 }
 
 func (f *Finder) helpersData(path string) (helpersData, bool) {

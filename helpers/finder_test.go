@@ -241,3 +241,53 @@ func TestHelperCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestManifestExecStaysInside: a manifest's relative exec must resolve
+// inside the manifest's directory (issue 11): "../" and a symlink out are
+// refused; a plain name and a symlink to a file inside are fine.
+func TestManifestExecStaysInside(t *testing.T) {
+	home := t.TempDir()
+	dir := filepath.Join(home, "herald", "helpers")
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(home, "outside.sh")
+	for _, p := range []string{outside, filepath.Join(dir, "bin", "inside.sh")} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	links := map[string]string{"out-link": outside, "in-link": filepath.Join(dir, "bin", "inside.sh"), "dangling": filepath.Join(home, "later.sh")}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	execs := map[string]string{
+		"org.example.Up":       "../../outside.sh",
+		"org.example.Dots":     "bin/../../../outside.sh",
+		"org.example.OutLink":  "out-link",
+		"org.example.Dangling": "dangling",
+		"org.example.Plain":    "bin/inside.sh",
+		"org.example.InLink":   "in-link",
+	}
+	for id, exec := range execs {
+		if err := os.WriteFile(filepath.Join(dir, id+".json"), []byte(`{"exec": "`+exec+`"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := NewFinder(Dirs{DataHome: home}, nil)
+	inside := filepath.Join(dir, "bin", "inside.sh")
+	for id, want := range map[string]string{
+		"org.example.Up": "", "org.example.Dots": "", "org.example.OutLink": "", "org.example.Dangling": "",
+		"org.example.Plain": inside, "org.example.InLink": inside,
+	} {
+		h, ok := f.Lookup(id)
+		if want == "" && ok {
+			t.Errorf("%s (exec %q) found: %+v, want refused", id, execs[id], h)
+		}
+		if want != "" && (!ok || h.Exec != want) {
+			t.Errorf("%s (exec %q) = %+v, %v; want exec %s", id, execs[id], h, ok, want)
+		}
+	}
+}

@@ -45,6 +45,11 @@ type Config struct {
 	CacheHome string
 	// AppArmor says how confined helpers are run.
 	AppArmor AppArmor
+	// Shim, when set, is the command that runs each helper under RunShim
+	// (heraldd: its own executable and ShimArg), so that every process a
+	// helper starts dies with it, even one that left its process group with
+	// setsid. Without it only the helper's process group is killed.
+	Shim []string
 }
 
 // AppArmor configures the confinement of click helpers (Helper.Profile set):
@@ -131,7 +136,7 @@ func NewRunner(f *Finder, cfg Config) *Runner {
 	}
 	env := make([]string, 0, len(base)+2)
 	for _, kv := range base {
-		if !strings.HasPrefix(kv, "HERALD_APP_ID=") && !strings.HasPrefix(kv, "HERALD_MESSAGE_ID=") {
+		if keepEnv(kv) {
 			env = append(env, kv)
 		}
 	}
@@ -144,6 +149,22 @@ func NewRunner(f *Finder, cfg Config) *Runner {
 		apps:   map[string]*appQueue{},
 		stats:  map[string]*Stats{},
 	}
+}
+
+// droppedEnv are the variables a helper never inherits: Herald's own per-run
+// ones, and what systemd and the bus daemon meant for heraldd alone (a helper
+// with NOTIFY_SOCKET could tell systemd that heraldd is ready, stopping or
+// alive; LISTEN_FDS names file descriptors it does not have).
+var droppedEnv = []string{"HERALD_APP_ID=", "HERALD_MESSAGE_ID=", "NOTIFY_SOCKET=", "WATCHDOG_", "DBUS_STARTER_", "LISTEN_"}
+
+// keepEnv reports whether the environment entry kv may reach a helper.
+func keepEnv(kv string) bool {
+	for _, p := range droppedEnv {
+		if strings.HasPrefix(kv, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // Process runs appID's helper on payload (or parses the payload when the app has no helper) and always returns a
@@ -305,6 +326,9 @@ func (r *Runner) run(ctx context.Context, h Helper, msgID string, payload []byte
 	argv, err := r.command(h, in, out)
 	if err != nil {
 		return nil, res, err
+	}
+	if len(r.cfg.Shim) > 0 {
+		argv = append(r.cfg.Shim[:len(r.cfg.Shim):len(r.cfg.Shim)], argv...)
 	}
 	cmd := &exec.Cmd{
 		Path:        argv[0],

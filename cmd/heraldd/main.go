@@ -14,9 +14,14 @@ import (
 	"syscall"
 
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/helpers"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == helpers.ShimArg {
+		// heraldd runs each helper under itself as a shim (helpers.RunShim).
+		os.Exit(helpers.RunShim(os.Args[2:]))
+	}
 	fs := flag.NewFlagSet("heraldd", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	fs.Usage = func() {

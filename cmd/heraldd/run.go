@@ -55,7 +55,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	runner := helpers.NewRunner(finder, helpers.Config{
 		Concurrency: cfg.HelperConcurrency, Timeout: cfg.HelperTimeout.Duration, TempDir: tmp,
 		CacheHome: cfg.Env.CacheHome, AppArmor: helpers.AppArmor{FS: cfg.AppArmorFS},
-		Logger: logger.With("part", "helpers"),
+		Logger: logger.With("part", "helpers"), Shim: helperShim(logger),
 	})
 	// The system bus carries AccountsService's sound settings and
 	// hfd-service; without it those are left out.
@@ -215,4 +215,16 @@ func watchDevice(ctx context.Context, sys *dbus.Conn, policy config.UrgencyConfi
 		},
 		Resumed: d.Resumed,
 	}, logger)
+}
+
+// helperShim is the command that runs each helper under helpers.RunShim:
+// this executable with helpers.ShimArg. Nil (process groups only) when the
+// executable cannot be found.
+func helperShim(logger *slog.Logger) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		logger.Warn("cannot find own executable; a helper's setsid children may outlive it", "err", err)
+		return nil
+	}
+	return []string{exe, helpers.ShimArg}
 }
