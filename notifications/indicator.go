@@ -149,6 +149,9 @@ func menuMessage(r Record) menuMessageT {
 // ListSources answers the indicator: one source "postal" counting the
 // app's entries.
 func (m *menuApp) ListSources(sender dbus.Sender) ([]menuSourceT, *dbus.Error) {
+	if err := m.fromIndicator(sender); err != nil {
+		return nil, err // the cards are the app's: only the indicator may read them
+	}
 	recs := m.records()
 	if len(recs) == 0 {
 		return []menuSourceT{}, nil
@@ -159,6 +162,9 @@ func (m *menuApp) ListSources(sender dbus.Sender) ([]menuSourceT, *dbus.Error) {
 
 // ListMessages answers the indicator with the app's persistent cards.
 func (m *menuApp) ListMessages(sender dbus.Sender) ([]menuMessageT, *dbus.Error) {
+	if err := m.fromIndicator(sender); err != nil {
+		return nil, err
+	}
 	out := []menuMessageT{}
 	for _, r := range m.records() {
 		out = append(out, menuMessage(r))

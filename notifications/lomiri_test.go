@@ -1,6 +1,10 @@
 package notifications
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/heraldpush/herald/app"
+)
 
 func TestSettingsPath(t *testing.T) {
 	for id, want := range map[string]string{
@@ -49,5 +53,34 @@ func TestMenuRecordID(t *testing.T) {
 	a, b := menuRecordID("a_b", "m1"), menuRecordID("a_b", "m2")
 	if a&menuIDBit == 0 || b&menuIDBit == 0 || a == b || a != menuRecordID("a_b", "m1") {
 		t.Errorf("menuRecordID: %#x %#x", a, b)
+	}
+}
+
+// TestMenuObjectOnlyForIndicator: the exported client object hands the
+// app's persistent cards and their taps only to the messaging indicator.
+func TestMenuObjectOnlyForIndicator(t *testing.T) {
+	st := newMemStore(Record{ID: menuRecordID("a.b_c", "m1"), AppID: "a.b_c", MsgID: "m1", Tag: "t",
+		Card: app.Card{Summary: "secret", Persist: true}})
+	p := New(Options{Store: st})
+	m := &menuApp{p: p, appID: "a.b_c", desktopID: "a.b_c.desktop"}
+	if _, err := m.ListMessages(":1.7"); err == nil {
+		t.Error("ListMessages answered a caller while no indicator runs")
+	}
+	p.indicatorOwner = ":1.9"
+	if _, err := m.ListMessages(":1.7"); err == nil {
+		t.Error("ListMessages answered a caller that is not the indicator")
+	}
+	if err := m.Dismiss(":1.7", nil, []string{"m1"}); err == nil {
+		t.Error("Dismiss accepted from a caller that is not the indicator")
+	}
+	msgs, err := m.ListMessages(":1.9")
+	if err != nil || len(msgs) != 1 || msgs[0].Title != "secret" || msgs[0].ID != "m1" {
+		t.Fatalf("ListMessages from the indicator = %+v, %v", msgs, err)
+	}
+	if err := m.Dismiss(":1.9", nil, []string{"m1"}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := st.Notifications(t.Context(), "a.b_c"); len(recs) != 0 {
+		t.Errorf("after Dismiss the store holds %+v", recs)
 	}
 }

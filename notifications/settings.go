@@ -57,6 +57,7 @@ type Settings struct {
 	// Guarded by mu:
 	apps          map[string]AppSettings
 	vibrateSilent *bool
+	gen           uint64 // bumped by Changed: a read that began before is not cached
 }
 
 // settingsPath is the relocatable schema path of appID's settings below
@@ -114,6 +115,7 @@ func (s *Settings) App(ctx context.Context, appID string) (AppSettings, error) {
 		s.mu.Unlock()
 		return a, nil
 	}
+	gen := s.gen
 	s.mu.Unlock()
 	a := allOn
 	var err error
@@ -143,7 +145,9 @@ func (s *Settings) App(ctx context.Context, appID string) (AppSettings, error) {
 	if s.apps == nil {
 		s.apps = map[string]AppSettings{}
 	}
-	s.apps[appID] = a
+	if s.gen == gen {
+		s.apps[appID] = a
+	}
 	s.mu.Unlock()
 	return a, nil
 }
@@ -155,6 +159,7 @@ func (s *Settings) VibrateSilentMode(ctx context.Context) bool {
 		s.mu.Unlock()
 		return *v
 	}
+	gen := s.gen
 	s.mu.Unlock()
 	v := true
 	for _, schema := range []string{lomiriGlobalSchema, ubuntuGlobalSchema} {
@@ -166,7 +171,9 @@ func (s *Settings) VibrateSilentMode(ctx context.Context) bool {
 		break
 	}
 	s.mu.Lock()
-	s.vibrateSilent = &v
+	if s.gen == gen {
+		s.vibrateSilent = &v
+	}
 	s.mu.Unlock()
 	return v
 }
@@ -177,6 +184,7 @@ func (s *Settings) Changed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.apps, s.vibrateSilent = nil, nil
+	s.gen++
 }
 
 // SetApplications writes the global "applications" list (entries
