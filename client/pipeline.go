@@ -287,7 +287,7 @@ func (d *Daemon) process(ctx context.Context, m *store.Message) (Output, error) 
 		return Output{}, ctx.Err()
 	}
 	defer func() { <-d.sem }()
-	return d.proc.Process(ctx, m.AppID, m.MsgID, m.Body)
+	return d.proc.Process(ctx, m.AppID, m.MsgID, d.decryptForApp(ctx, m.AppID, m.MsgID, m.Body))
 }
 
 // deliverUP gives appID's queued messages to its UnifiedPush connector, one

@@ -152,6 +152,37 @@ func (s *Service) postalIface(name string) *iface {
 	)
 }
 
+// HeraldPostalIface is Herald's interface beside Postal.
+const HeraldPostalIface = "org.herald.Postal1"
+
+// WebPushKeyer is implemented by a Backend that keeps end-to-end encryption
+// keys for Lomiri-API apps (org.herald.Postal1.WebPushKeys).
+type WebPushKeyer interface {
+	// WebPushKeys returns appID's RFC 8291 public key and auth secret,
+	// base64url, making them on first use.
+	WebPushKeys(ctx context.Context, appID string) (p256dh, auth string, err error)
+}
+
+func (s *Service) heraldPostalIface() *iface {
+	return newIface(HeraldPostalIface,
+		&member{name: "WebPushKeys", in: []string{"s"}, out: "ss", handle: func(ctx context.Context, c *call) ([]any, error) {
+			aid, err := s.lomiriApp(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			k, ok := s.backend.(WebPushKeyer)
+			if !ok {
+				return nil, s.errorf(c.iface, "NotSupported", "end-to-end encryption keys are not available")
+			}
+			p256dh, auth, err := k.WebPushKeys(ctx, aid.Base())
+			if err != nil {
+				return nil, fmt.Errorf("cannot give the keys of %q: %w", aid.Base(), err)
+			}
+			return []any{p256dh, auth}, nil
+		}},
+	)
+}
+
 func (s *Service) clearPersistent(ctx context.Context, c *call, tags []string) ([]any, error) {
 	aid, err := s.lomiriApp(ctx, c)
 	if err != nil {

@@ -80,7 +80,7 @@ func (s *Service) buildObjects() error {
 		if err := add("/com/"+fam+"/PushNotifications", "", s.pushNotificationsIface("com."+fam+".PushNotifications")); err != nil {
 			return err
 		}
-		if err := add("/com/"+fam+"/Postal", "", s.postalIface("com."+fam+".Postal")); err != nil {
+		if err := add("/com/"+fam+"/Postal", "", s.postalIface("com."+fam+".Postal"), s.heraldPostalIface()); err != nil {
 			return err
 		}
 	}
