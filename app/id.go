@@ -56,7 +56,9 @@ func ParseID(s string) (ID, error) {
 		return ID{Package: m[1], App: m[2], Version: m[3], Form: FormClick}, nil
 	}
 	if m := legacyRE.FindStringSubmatch(s); m != nil {
-		if !utf8.ValidString(m[1]) || strings.ContainsFunc(m[1], isControl) {
+		// Glob metacharacters are refused too: names are looked up with
+		// filepath.Glob patterns ("<name>_*"), and "_*" would match any file.
+		if !utf8.ValidString(m[1]) || strings.ContainsFunc(m[1], isControl) || strings.ContainsAny(m[1], `*?[]\`) {
 			return ID{}, fmt.Errorf("%w: %q", ErrInvalidID, s)
 		}
 		return ID{App: m[1], Form: FormLegacy}, nil
