@@ -378,16 +378,16 @@ func (d *Daemon) regByChannel(channelID string) (store.Registration, bool) {
 	return r, ok
 }
 
-// upRegOfApp returns the UnifiedPush registration of appID, if it has one.
-func (d *Daemon) upRegOfApp(appID string) (store.Registration, bool) {
+// hasUPReg reports whether appID has a UnifiedPush registration.
+func (d *Daemon) hasUPReg(appID string) bool {
 	d.regMu.Lock()
 	defer d.regMu.Unlock()
 	for _, r := range d.regs {
 		if r.AppID == appID && r.Kind == app.KindUnifiedPush {
-			return r, true
+			return true
 		}
 	}
-	return store.Registration{}, false
+	return false
 }
 
 // dropUnreachable forgets UnifiedPush registrations whose connector service

@@ -113,7 +113,7 @@ func (d *Daemon) work(ctx context.Context, appID string) {
 // pass handles what appID's inbox holds now. It returns when a queued
 // UnifiedPush message must be delivered again later.
 func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
-	up, isUP := d.upRegOfApp(appID)
+	isUP := d.hasUPReg(appID)
 	dropped := false
 	for ctx.Err() == nil {
 		msgs, err := d.st.Pending(ctx, appID, pendingBatch)
@@ -142,7 +142,7 @@ func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 		}
 	}
 	if isUP {
-		return d.deliverUP(ctx, up)
+		return d.deliverUP(ctx, appID)
 	}
 	if dropped {
 		// Queued messages may have waited behind the dropped one.
@@ -290,70 +290,97 @@ func (d *Daemon) process(ctx context.Context, m *store.Message) (Output, error) 
 	return d.proc.Process(ctx, m.AppID, m.MsgID, d.decryptForApp(ctx, m.AppID, m.MsgID, m.Body))
 }
 
-// deliverUP gives appID's queued messages to its UnifiedPush connector, one
-// at a time in order. An unacked message stays at the head of the queue and
-// is tried again with backoff.
-func (d *Daemon) deliverUP(ctx context.Context, r store.Registration) (retryAt time.Time) {
+// deliverUP gives appID's queued messages to its UnifiedPush connector,
+// each with the token of its own registration (an app may hold several).
+// Messages go in order; one that is not delivered is retried with backoff
+// while the ones after it go on (no head-of-line blocking), until its TTL.
+// It returns when the earliest retry is due (zero: nothing waits).
+func (d *Daemon) deliverUP(ctx context.Context, appID string) (retryAt time.Time) {
 	bus := d.getBus()
 	if bus == nil {
 		return time.Time{}
 	}
-	for ctx.Err() == nil {
-		m, err := d.st.Head(ctx, r.AppID)
-		if errors.Is(err, store.ErrNotFound) {
-			return time.Time{}
+	earliest := func(t time.Time) {
+		if retryAt.IsZero() || t.Before(retryAt) {
+			retryAt = t
 		}
+	}
+	var after int64
+	for ctx.Err() == nil {
+		msgs, err := d.st.QueuedAfter(ctx, appID, after, pendingBatch)
 		if err != nil {
-			d.log.Error("cannot read queue", "app_id", r.AppID, "err", err)
+			d.log.Error("cannot read queue", "app_id", appID, "err", err)
 			return d.now().Add(redeliverMin)
 		}
-		if m.Step != app.StepQueued {
-			return time.Time{} // a newer pass handles it
-		}
-		now := d.now()
-		if m.Expired(now) {
-			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
-			continue
-		}
-		if len(m.Output) == 0 {
-			// A data-less (SimplePush) message has nothing to give a connector.
-			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
-			continue
-		}
-		if m.NextAttempt.After(now) {
-			return m.NextAttempt
-		}
-		acked, err := bus.DeliverUnifiedPush(ctx, dbusapi.UPMessage{
-			Service: r.Service, Token: r.UPToken, Version: r.UPVersion, ID: m.MsgID, Body: m.Output,
-		})
-		if ctx.Err() != nil {
-			return time.Time{}
-		}
-		if err == nil && acked {
-			if r.UPVersion >= 2 {
-				// Connector2 answers: the app itself has taken the message.
-				d.appTook([]store.Ref{{ChannelID: m.ChannelID, Version: m.Version}})
+		for i := range msgs {
+			if ctx.Err() != nil {
+				return time.Time{}
 			}
-			if err := d.st.Done(ctx, m.Seq, app.CounterMessagesDelivered); err != nil && !errors.Is(err, store.ErrNotFound) {
-				d.log.Error("cannot record delivery", "app_id", r.AppID, "err", err)
-				return d.now().Add(redeliverMin)
+			m := &msgs[i]
+			after = m.Seq
+			if next, wait := d.deliverOneUP(ctx, bus, m); wait {
+				earliest(next)
 			}
-			continue
 		}
-		if errors.Is(err, dbusapi.ErrInvalid) {
-			d.log.Warn("undeliverable unifiedpush message dropped", "app_id", r.AppID, "msg_id", m.MsgID, "err", err)
-			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
-			continue
+		if len(msgs) < pendingBatch {
+			break
 		}
-		wait := redeliverMin << min(m.Attempts, 20)
-		wait = min(wait, redeliverMax)
-		next := now.Add(wait)
-		d.log.Info("unifiedpush message not acknowledged; will retry", "app_id", r.AppID, "msg_id", m.MsgID, "retry_in", wait, "err", err)
-		if err := d.st.Retry(ctx, m.Seq, next); err != nil {
-			d.log.Error("cannot record retry", "app_id", r.AppID, "err", err)
-		}
-		d.incr(app.CounterRedeliveries)
-		return next
 	}
-	return time.Time{}
+	return retryAt
+}
+
+// deliverOneUP delivers one queued message; wait says it stays queued
+// until next.
+func (d *Daemon) deliverOneUP(ctx context.Context, bus Bus, m *store.Message) (next time.Time, wait bool) {
+	log := d.log.With("app_id", m.AppID, "msg_id", m.MsgID)
+	now := d.now()
+	if m.Expired(now) {
+		log.Info("unifiedpush message expired undelivered; dropped", "attempts", m.Attempts)
+		_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
+		return time.Time{}, false
+	}
+	r, ok := d.regByChannel(m.ChannelID)
+	if !ok || r.Kind != app.KindUnifiedPush || len(m.Output) == 0 {
+		// No registration to route it by (it was dropped), or a data-less
+		// (SimplePush) message: nothing a connector can take.
+		log.Warn("unifiedpush message without a registration or body dropped", "channel_id", m.ChannelID)
+		_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
+		return time.Time{}, false
+	}
+	if m.NextAttempt.After(now) {
+		return m.NextAttempt, true
+	}
+	acked, err := bus.DeliverUnifiedPush(ctx, dbusapi.UPMessage{
+		Service: r.Service, Token: r.UPToken, Version: r.UPVersion, ID: m.MsgID, Body: m.Output,
+	})
+	if ctx.Err() != nil {
+		return time.Time{}, false
+	}
+	if err == nil && acked {
+		if r.UPVersion >= dbusapi.UPVersion2 {
+			// Connector2 answers: the app itself has taken the message.
+			d.appTook([]store.Ref{{ChannelID: m.ChannelID, Version: m.Version}})
+		}
+		if err := d.st.Done(ctx, m.Seq, app.CounterMessagesDelivered); err != nil && !errors.Is(err, store.ErrNotFound) {
+			log.Error("cannot record delivery", "err", err)
+			return d.now().Add(redeliverMin), true
+		}
+		return time.Time{}, false
+	}
+	if errors.Is(err, dbusapi.ErrInvalid) {
+		log.Warn("undeliverable unifiedpush message dropped", "err", err)
+		_ = d.st.Done(ctx, m.Seq, app.CounterMessagesDropped)
+		return time.Time{}, false
+	}
+	backoff := min(redeliverMin<<min(m.Attempts, 20), redeliverMax)
+	next = now.Add(backoff)
+	if !m.Expires.IsZero() && next.After(m.Expires) {
+		next = m.Expires // dropped (and counted) as soon as it expires
+	}
+	log.Info("unifiedpush message not delivered; will retry", "retry_in", next.Sub(now), "err", err)
+	if err := d.st.Retry(ctx, m.Seq, next); err != nil {
+		log.Error("cannot record retry", "err", err)
+	}
+	d.incr(app.CounterRedeliveries)
+	return next, true
 }

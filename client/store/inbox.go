@@ -234,6 +234,12 @@ func (s *Store) Pending(ctx context.Context, appID string, limit int) ([]Message
 	return s.messages(ctx, "WHERE app_id = ? AND step IN ('received','processed','presented') ORDER BY seq LIMIT ?", appID, limit)
 }
 
+// QueuedAfter returns up to limit of appID's queued messages with a seq
+// above after, oldest first.
+func (s *Store) QueuedAfter(ctx context.Context, appID string, after int64, limit int) ([]Message, error) {
+	return s.messages(ctx, "WHERE app_id = ? AND step = 'queued' AND seq > ? ORDER BY seq LIMIT ?", appID, after, limit)
+}
+
 // Head returns appID's oldest message (any step), for apps whose queue is
 // delivered one message at a time.
 func (s *Store) Head(ctx context.Context, appID string) (Message, error) {
