@@ -27,6 +27,7 @@ func TestConnectorFailingMessage(t *testing.T) {
 	if len(got) != 1 {
 		t.Errorf("later message delivered %d times", len(got))
 	}
+	t.Logf("later message arrived while the failing one had %d attempt(s)", len(a.records("Message"))-1)
 	// A message that keeps failing is retried until its TTL, then dropped
 	// and counted; the ten-minute one is still queued.
 	before := w.counters(t)["messages_expired"]
@@ -37,6 +38,7 @@ func TestConnectorFailingMessage(t *testing.T) {
 	if n := w.inboxLen(t, name); n != 1 {
 		t.Errorf("queue holds %d messages, want only the ten-minute one", n)
 	}
+	t.Logf("short-lived failing message dropped: messages_expired %d -> %d; queue %d", before, w.counters(t)["messages_expired"], w.inboxLen(t, name))
 	if tries := a.waitRecords(t, "Message", 1, func(ev map[string]any) bool {
 		b, _ := eventBytes(ev, "message")
 		return string(b) == "FAIL for two seconds"
