@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -67,6 +68,19 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, token string) b
 func readBody(r *http.Request) (body []byte, ok bool, err error) {
 	if r.ContentLength > protocol.MaxBodyBytes {
 		return nil, false, nil
+	}
+	if n := r.ContentLength; n >= 0 {
+		// The usual request: one allocation of the announced size, and a
+		// check that nothing follows it.
+		body = make([]byte, n)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, false, err
+		}
+		var one [1]byte
+		if k, _ := r.Body.Read(one[:]); k > 0 {
+			return nil, false, errors.New("body longer than its Content-Length")
+		}
+		return body, true, nil
 	}
 	body, err = io.ReadAll(io.LimitReader(r.Body, protocol.MaxBodyBytes+1))
 	if err != nil {
@@ -174,12 +188,19 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 	return nil
 }
 
+// aes128gcmHeaders are the headers of every aes128gcm message, shared:
+// Message.Headers is never modified.
+var aes128gcmHeaders = map[string]string{"encoding": "aes128gcm"}
+
+// contentLengthZero is the header value of an empty answer (net/http only
+// reads header values).
+var contentLengthZero = []string{"0"}
+
 // fitsFrame reports whether the notification frame of m, with the longest
 // TTL, stays within protocol.MaxFrameBytes: a message the device cannot read
 // is refused at the door instead of stored.
 func (s *Server) fitsFrame(m *Message) bool {
-	n := len(appendNotification(nil, m.ChannelID, m.Version, m.Data, m.Headers, int64(protocol.MaxTTL/time.Second)))
-	return n <= protocol.MaxFrameBytes
+	return notificationLen(m.ChannelID, m.Version, m.Data, m.Headers, int64(protocol.MaxTTL/time.Second)) <= protocol.MaxFrameBytes
 }
 
 // handleWebPush is POST /wpush/v1/<token> (RFC 8030).
@@ -214,7 +235,7 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 			// A plaintext body: Lomiri app servers and simple senders (curl)
 			// push JSON that the app's helper reads as is.
 		case "aes128gcm":
-			headers = map[string]string{"encoding": enc}
+			headers = aes128gcmHeaders
 		case "aesgcm":
 			enc2, ck := r.Header.Get("Encryption"), r.Header.Get("Crypto-Key")
 			if enc2 == "" || ck == "" {
@@ -265,10 +286,15 @@ func (s *Server) handleWebPush(w http.ResponseWriter, r *http.Request) {
 		s.pushFail(w, newPushError(503, errnoUnavailable, "cannot store message, retry later"))
 		return
 	}
-	s.log.Debug("accepted push", "msg_id", id, "bytes", len(body), "ttl", h.TTL, "urgency", h.Urgency)
-	w.Header().Set("Location", s.base+"/m/"+id)
-	w.Header().Set("TTL", strconv.FormatInt(h.TTL, 10))
-	w.Header().Set("Content-Length", "0")
+	if s.log.Enabled(r.Context(), slog.LevelDebug) {
+		s.log.Debug("accepted push", "msg_id", id, "bytes", len(body), "ttl", h.TTL, "urgency", h.Urgency)
+	}
+	// Canonical keys set directly: Header.Set would canonicalize "TTL" anew
+	// for every push.
+	hdr := w.Header()
+	hdr["Location"] = []string{s.base + "/m/" + id}
+	hdr["Ttl"] = []string{strconv.FormatInt(h.TTL, 10)}
+	hdr["Content-Length"] = contentLengthZero
 	if receipt != "" && respondAsync(r.Header) {
 		// RFC 8030 §5.1: the receipt is asked for, the answer is 202.
 		w.Header().Set("Link", "<"+s.base+"/r/"+receipt+`>; rel="`+receiptRelation+`"`)

@@ -25,7 +25,16 @@ func appendNotification(b []byte, chid, version string, data []byte, headers map
 		b = base64.RawURLEncoding.AppendEncode(b, data)
 		b = append(b, '"')
 	}
-	if len(headers) > 0 {
+	if len(headers) == 1 {
+		// One header (the encoding): no sorting needed.
+		b = append(b, `,"headers":{`...)
+		for k, v := range headers {
+			b = appendJSONString(b, k)
+			b = append(b, ':')
+			b = appendJSONString(b, v)
+		}
+		b = append(b, '}')
+	} else if len(headers) > 1 {
 		b = append(b, `,"headers":{`...)
 		keys := make([]string, 0, len(headers))
 		for k := range headers {
@@ -47,6 +56,31 @@ func appendNotification(b []byte, chid, version string, data []byte, headers map
 		b = strconv.AppendInt(b, ttl, 10)
 	}
 	return append(b, '}')
+}
+
+// notificationLen is len(appendNotification(nil, …)) without building the
+// frame when every string is plain (the usual case).
+func notificationLen(chid, version string, data []byte, headers map[string]string, ttl int64) int {
+	if !plainJSON(chid) || !plainJSON(version) {
+		return len(appendNotification(nil, chid, version, data, headers, ttl))
+	}
+	n := len(`{"messageType":"notification","channelID":`) + len(chid) + 2 + len(`,"version":`) + len(version) + 2
+	if len(data) > 0 {
+		n += len(`,"data":""`) + base64.RawURLEncoding.EncodedLen(len(data))
+	}
+	if len(headers) > 0 {
+		n += len(`,"headers":{}`) + len(headers) - 1 // commas
+		for k, v := range headers {
+			if !plainJSON(k) || !plainJSON(v) {
+				return len(appendNotification(nil, chid, version, data, headers, ttl))
+			}
+			n += len(k) + 2 + 1 + len(v) + 2
+		}
+	}
+	if ttl != 0 {
+		n += len(`,"ttl":`) + len(strconv.AppendInt(make([]byte, 0, 20), ttl, 10))
+	}
+	return n + 1
 }
 
 // plainJSON reports whether encoding/json writes s between quotes unchanged:

@@ -85,6 +85,7 @@ func TestAppendNotification(t *testing.T) {
 	}{
 		{"bare", "0123456789abcdef0123456789abcdef", nil, nil, 0},
 		{"data and ttl", "v", []byte("hello\x00\xff"), map[string]string{"encoding": "aes128gcm"}, 600},
+		{"two plain headers", "v", []byte("x"), map[string]string{"encoding": "aesgcm", "crypto_key": "dh=abc"}, -5},
 		{"escapes", "<a&b>\"\\\n", nil, map[string]string{"crypto_key": "dh=abc;p256ecdsa=x", "encryption": "salt=\u00e9\xff", "encoding": "aesgcm"}, 1},
 	}
 	for _, tt := range tests {
@@ -107,6 +108,9 @@ func checkNotification(t *testing.T, chid, version string, data []byte, headers 
 	got := appendNotification(nil, chid, version, data, headers, ttl)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("appendNotification:\n got %s\nwant %s", got, want)
+	}
+	if n := notificationLen(chid, version, data, headers, ttl); n != len(want) {
+		t.Fatalf("notificationLen = %d, want %d (%s)", n, len(want), want)
 	}
 }
 

@@ -135,7 +135,8 @@ type conn struct {
 	br      *bufio.Reader   // gorilla's read buffer (see hijacker), nil if not ours
 	raw     syscall.RawConn // the socket, to wait for it on a small stack
 	peekBuf [1]byte
-	ip      string // client address, counted in Server.wsConns
+	peekFn  func(fd uintptr) bool // c.peek, made once
+	ip      string                // client address, counted in Server.wsConns
 
 	wmu sync.Mutex // serialises writes to ws
 
@@ -230,6 +231,7 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 	c := &conn{s: s, ws: ws, br: hj.br, ip: ip}
 	if sc, ok := ws.NetConn().(syscall.Conn); ok && c.br != nil {
 		c.raw, _ = sc.SyscallConn()
+		c.peekFn = c.peek
 	}
 	go func() {
 		if c.open() {

@@ -43,7 +43,7 @@ func (c *conn) waitReadable() error {
 	if c.br == nil || c.raw == nil || c.br.Buffered() > 0 {
 		return nil
 	}
-	return c.raw.Read(c.peek)
+	return c.raw.Read(c.peekFn)
 }
 
 // peek reports whether a read on fd would not block, without consuming

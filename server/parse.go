@@ -51,7 +51,7 @@ var urgencies = map[string]bool{"very-low": true, "low": true, "normal": true, "
 // parsePushHeaders validates TTL (required), Urgency and Topic.
 func parsePushHeaders(h http.Header) (pushHeaders, *pushError) {
 	var p pushHeaders
-	ttls := h.Values("TTL")
+	ttls := h["Ttl"] // the canonical form of TTL, without canonicalizing per request
 	if len(ttls) == 0 {
 		return p, newPushError(400, errnoMissingTTL, "missing TTL header")
 	}

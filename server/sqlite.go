@@ -1212,6 +1212,9 @@ func encodeHeaders(m *Message) (any, error) {
 	if len(h) == 0 {
 		return nil, nil
 	}
+	if len(h) == 1 && h["encoding"] == "aes128gcm" {
+		return `{"encoding":"aes128gcm"}`, nil // what json.Marshal writes, without it
+	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return nil, fmt.Errorf("cannot encode headers: %w", err)
