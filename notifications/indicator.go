@@ -346,6 +346,24 @@ func (p *Presenter) indicatorAppeared(ctx context.Context, owner string) {
 		return
 	}
 	p.log.Info("messaging indicator found", "owner", owner)
+	// Persistent cards shown as resident notifications before the indicator
+	// came (it may start after heraldd) are entries now: close the bubbles.
+	p.mu.Lock()
+	var resident []uint32
+	for id, sh := range p.live {
+		if sh.persist {
+			resident = append(resident, id)
+			delete(p.live, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range resident {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		if c := p.conn.Object(notifyName, notifyPath).CallWithContext(cctx, notifyIface+".CloseNotification", 0, id); c.Err != nil {
+			p.log.Debug("cannot close resident notification", "id", id, "err", c.Err)
+		}
+		cancel()
+	}
 	recs, err := p.store.Notifications(ctx, "")
 	if err != nil {
 		p.log.Error("cannot read stored notifications", "err", err)

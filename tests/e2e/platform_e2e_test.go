@@ -538,7 +538,16 @@ func monitorCalls(t *testing.T, addr, dest string) *busCalls {
 		for m := range ch {
 			member, _ := m.Headers[dbus.FieldMember].Value().(string)
 			b.mu.Lock()
-			b.calls = append(b.calls, fmt.Sprintf("%s %q", member, m.Body))
+			var args []string
+			for _, a := range m.Body {
+				switch a.(type) {
+				case string, []string:
+					args = append(args, fmt.Sprintf("%q", a))
+				default:
+					args = append(args, fmt.Sprint(a))
+				}
+			}
+			b.calls = append(b.calls, member+" ["+strings.Join(args, " ")+"]")
 			b.mu.Unlock()
 		}
 	}()
@@ -570,8 +579,22 @@ func TestLomiriPlatformMessagingMenuE2E(t *testing.T) {
 		lw.waitName("org.ayatana.indicator.messages", 30*time.Second)
 		return cmd, done
 	}
+	// Before the indicator runs (it may start after heraldd), a persistent
+	// card is a resident notification; when the indicator comes, it becomes
+	// an entry and the bubble is closed.
+	notifyCalls := monitorCalls(t, lw.bus.Address, "org.freedesktop.Notifications")
+	lw.push(token, "persist0")
+	n0 := lw.nextNote("persist0 before the indicator")
+	if r, _ := n0.Hints["resident"].Value().(bool); !r {
+		t.Fatalf("persistent card without the indicator: hints %v, want resident", n0.Hints)
+	}
 	ind, indDone := startIndicator()
 	t.Cleanup(func() { ind.Process.Kill(); <-indDone })
+	waitUntil(t, 30*time.Second, "the indicator holds the earlier card and its bubble is closed", func() bool {
+		return strings.Contains(lw.indicatorState(), "Hi persist0") &&
+			slices.Contains(notifyCalls.list(), fmt.Sprintf("CloseNotification [%d]", n0.ID))
+	})
+	t.Logf("indicator came: %s; the resident bubble %d was closed", lw.indicatorState(), n0.ID)
 
 	lw.push(token, "persist1")
 	lw.noNote("a persistent card without popup where the indicator runs")
@@ -590,16 +613,17 @@ func TestLomiriPlatformMessagingMenuE2E(t *testing.T) {
 	if err := lw.call("com.lomiri.Postal", path, "com.lomiri.Postal.ListPersistent", platformApp).Store(&tags); err != nil {
 		t.Fatal(err)
 	}
-	if !slicesEqual(tags, []string{"persist1"}) {
-		t.Fatalf("ListPersistent = %q, want [persist1]", tags)
+	if !slicesEqual(tags, []string{"persist0", "persist1"}) {
+		t.Fatalf("ListPersistent = %q, want [persist0 persist1]", tags)
 	}
 	t.Logf("indicator state with the entry: %s", lw.indicatorState())
 	var n uint32
-	if err := lw.call("com.lomiri.Postal", path, "com.lomiri.Postal.ClearPersistent", platformApp).Store(&n); err != nil || n != 1 {
-		t.Fatalf("ClearPersistent = %d, %v; want 1", n, err)
+	if err := lw.call("com.lomiri.Postal", path, "com.lomiri.Postal.ClearPersistent", platformApp).Store(&n); err != nil || n != 2 {
+		t.Fatalf("ClearPersistent = %d, %v; want 2", n, err)
 	}
 	waitUntil(t, 30*time.Second, "the indicator drops the entry", func() bool {
-		return !strings.Contains(lw.indicatorState(), "persist1")
+		st := lw.indicatorState()
+		return !strings.Contains(st, "persist1") && !strings.Contains(st, "persist0")
 	})
 	if err := lw.call("com.lomiri.Postal", path, "com.lomiri.Postal.ListPersistent", platformApp).Store(&tags); err != nil || len(tags) != 0 {
 		t.Fatalf("ListPersistent after ClearPersistent = %q, %v", tags, err)
