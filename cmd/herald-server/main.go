@@ -171,7 +171,10 @@ func run(ctx context.Context, o options) error {
 		if nodeURL == "" {
 			nodeURL = scheme + "://" + ln.Addr().String()
 			if ip := ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
-				logger.Warn("the node url names an unspecified address, which other nodes cannot reach: set --node-url", "node_url", nodeURL)
+				// Every node would advertise the same http://0.0.0.0:port,
+				// take the others' routes for its own and clear them.
+				ln.Close()
+				return fmt.Errorf("listening on %s with a postgres --db: set --node-url to the address other nodes reach this one at", ln.Addr())
 			}
 		}
 		if o.nodeSecretFile != "" {

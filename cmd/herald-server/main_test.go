@@ -262,6 +262,7 @@ func TestFlags(t *testing.T) {
 		{"bad sync mode", []string{"--sync", "off"}, "invalid --sync"},
 		{"busy port", []string{"--listen", "256.0.0.1:1"}, "cannot listen"},
 		{"node url with sqlite", []string{"--node-url", "http://127.0.0.1:1"}, "need a postgres --db"},
+		{"postgres on all addresses without --node-url", []string{"--db", "postgres://127.0.0.1:1/x", "--listen", "0.0.0.0:0"}, "set --node-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
