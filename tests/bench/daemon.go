@@ -32,7 +32,7 @@ type daemonRig struct {
 	client *http.Client
 }
 
-func startDaemonRig(ctx context.Context, env *Env, withProxy bool) (*daemonRig, error) {
+func startDaemonRig(ctx context.Context, env *Env, withProxy bool, daemonEnv ...string) (*daemonRig, error) {
 	r := &daemonRig{client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: 10 * time.Second}}
 	var err error
 	if r.bus, err = harness.StartBus(filepath.Join(env.Tmp, "bus")); err != nil {
@@ -56,7 +56,7 @@ func startDaemonRig(ctx context.Context, env *Env, withProxy bool) (*daemonRig, 
 		}
 		target = "ws://" + r.proxy.Addr + "/"
 	}
-	if r.daemon, err = harness.StartDaemon(filepath.Join(env.Bin, "heraldd"), filepath.Join(env.Tmp, "home"), r.bus.Address, target, nil); err != nil {
+	if r.daemon, err = harness.StartDaemon(filepath.Join(env.Bin, "heraldd"), filepath.Join(env.Tmp, "home"), r.bus.Address, target, daemonEnv); err != nil {
 		r.close()
 		return nil, err
 	}

@@ -60,6 +60,7 @@ func figures() []figure {
 		{"server_throughput_pg2", benchServerThroughputPG2}, // pg.go
 		{"server_idle_conn", benchServerIdleConn},           // server.go
 		{"daemon_idle", benchDaemonIdle},                    // daemon.go: RSS + wakeups
+		{"daemon_idle_device", benchDaemonIdleDevice},       // device.go: wakeups with device watchers, resume
 		{"wire_bytes", benchWireBytes},                      // daemon.go
 		{"reconnect_drain", benchReconnectDrain},            // daemon.go
 		{"helper_throughput", benchHelperThroughput},        // helpers.go
