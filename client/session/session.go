@@ -84,6 +84,10 @@ type Config struct {
 	Backoff Backoff
 	// Compression asks for permessage-deflate.
 	Compression bool
+	// MinKeepalive is the shortest idle time after which the session pings
+	// the server itself, once its path proved to drop idle connections
+	// (zero: DefaultMinKeepalive).
+	MinKeepalive time.Duration
 	// CheckTimeout is how long the pong of a resume check (Check) may take
 	// before the connection is replaced (zero: DefaultCheckTimeout).
 	CheckTimeout time.Duration
@@ -129,7 +133,8 @@ type Session struct {
 	reconnect bool       // Reconnect was asked
 	conn      *conn      // the current connection, nil when none
 	ready     chan struct{}
-	ext       extState // Herald extensions and the resume check
+	ext       extState  // Herald extensions and the resume check
+	ka        keepalive // the adaptive keepalive interval
 }
 
 // New returns a Session; Run starts it.
@@ -148,6 +153,9 @@ func New(cfg Config) *Session {
 	}
 	if cfg.AckDelay == 0 {
 		cfg.AckDelay = DefaultAckDelay
+	}
+	if cfg.MinKeepalive <= 0 {
+		cfg.MinKeepalive = DefaultMinKeepalive
 	}
 	if cfg.CheckTimeout <= 0 {
 		cfg.CheckTimeout = DefaultCheckTimeout
@@ -419,12 +427,31 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	})
 	// A resume check is answered by a pong (or any frame); a read that fails
 	// meanwhile means the connection was dead: redial at once.
-	var checking atomic.Bool
+	var checking, kaPending atomic.Bool
 	ws.SetPongHandler(func(string) error {
 		checking.Store(false)
+		if kaPending.Swap(false) {
+			s.keepaliveResult(true)
+		}
 		_ = ws.SetReadDeadline(s.deadline())
 		return nil
 	})
+	// The session's own pings, after keepaliveInterval of silence, only once
+	// the path proved to drop idle connections sooner than the server pings.
+	kaTimer := time.NewTimer(time.Hour)
+	kaTimer.Stop()
+	defer kaTimer.Stop()
+	var kaC <-chan time.Time
+	armKeepalive := func() {
+		if ka := s.keepaliveInterval(); ka > 0 {
+			kaTimer.Reset(ka)
+			kaC = kaTimer.C
+		} else {
+			kaTimer.Stop()
+			kaC = nil
+		}
+	}
+	armKeepalive()
 	// The extension frames waiting (the wanted urgency) go first, before
 	// any register, so the server holds what the device does not want yet.
 	if msgs, _ := s.extFrames(false); len(msgs) > 0 {
@@ -500,6 +527,17 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			if err := flush(); err != nil {
 				return err
 			}
+		case <-kaC:
+			// While the last ping is unanswered its read deadline decides.
+			if !kaPending.Load() {
+				kaPending.Store(true)
+				_ = ws.SetReadDeadline(time.Now().Add(s.cfg.RequestTimeout))
+				if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.cfg.RequestTimeout)); err != nil {
+					s.redialNow()
+					return fmt.Errorf("cannot ping push server: %w", err)
+				}
+			}
+			armKeepalive()
 		case <-ctx.Done():
 			_ = flush()
 			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(time.Second))
@@ -545,13 +583,23 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			}
 		case f := <-frames:
 			if f.err != nil {
-				if checking.Load() {
+				switch {
+				case checking.Load():
 					s.log.Info("push server connection was dead; replacing it", "err", f.err)
 					s.redialNow()
+				case kaPending.Load():
+					s.log.Info("keepalive ping not answered; replacing the connection", "err", f.err)
+					s.keepaliveResult(false)
+					s.redialNow()
+				case idleTimeout(f.err):
+					// Nothing heard for the server's ping interval: the path
+					// dropped the idle connection.
+					s.keepaliveResult(false)
 				}
 				return f.err
 			}
 			checking.Store(false) // a frame came: the connection works
+			armKeepalive()        // the idle time starts again
 			if f.bad != nil {
 				if err := queueAcks([]protocol.Update{*f.bad}); err != nil {
 					return err
