@@ -268,3 +268,33 @@ func TestUnifiedPushOwnerConfined(t *testing.T) {
 		t.Error("the app's own Unregister left the registration")
 	}
 }
+
+// TestConfinedServiceNames: a confined caller of any kind (AppArmor/click,
+// snap, Flatpak) may name its app id, a name it owns on the bus now, and —
+// Flatpak only, which exports them — a name below its app id; nothing else.
+func TestConfinedServiceNames(t *testing.T) {
+	e := start(t, nil)
+	if reply, err := e.client.RequestName("org.example.Owned", dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("RequestName = %v, %v", reply, err)
+	}
+	sender := e.client.Names()[0]
+	ctx := context.Background()
+	for _, tt := range []struct {
+		id      Identity
+		service string
+		ok      bool
+	}{
+		{Identity{Confined: true, Source: SourceFlatpak, AppID: "org.example.App"}, "org.example.App", true},
+		{Identity{Confined: true, Source: SourceFlatpak, AppID: "org.example.App"}, "org.example.App.Push", true},
+		{Identity{Confined: true, Source: SourceFlatpak, AppID: "org.example.App"}, "org.example.Other", false},
+		{Identity{Confined: true, Source: SourceSnap, AppID: "foo_bar"}, "org.example.App", false},
+		{Identity{Confined: true, Source: SourceSnap, AppID: "foo_bar"}, "org.example.Owned", true},
+		{Identity{Confined: true, Source: SourceAppArmor, AppID: "com.example.pkg_app"}, "com.example.pkg_app", true},
+		{Identity{Confined: true, Source: SourceAppArmor, AppID: "com.example.pkg_app"}, "com.example.pkg_app.Sub", false},
+		{Identity{Confined: true, Source: SourceAppArmor, AppID: "com.example.pkg_app"}, "org.example.Owned", true},
+	} {
+		if got := e.svc.mayNameService(ctx, sender, tt.id, tt.service); got != tt.ok {
+			t.Errorf("%s naming %s = %v, want %v", tt.id, tt.service, got, tt.ok)
+		}
+	}
+}
