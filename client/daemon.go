@@ -183,7 +183,8 @@ func New(o Options) *Daemon {
 	// registrations from before a switch still live there.
 	if n := o.Config.Ntfy; n.URL != "" && (o.Config.UnifiedPush.Backend == app.BackendNtfy || d.hasRegsOn(app.BackendNtfy)) {
 		nc := ntfy.Config{URL: n.URL, User: n.User, Password: n.Password, Token: n.Token, Logger: o.Logger.With("part", "ntfy"),
-			Backoff: ntfy.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute}}
+			KeepaliveTimeout: n.Keepalive.Duration + 15*time.Second,
+			Backoff:          ntfy.Backoff{Min: o.Config.ReconnectMin.Duration, Max: o.Config.ReconnectMax.Duration, Stable: time.Minute}}
 		if nc.Backoff.Min <= 0 || nc.Backoff.Max <= 0 {
 			nc.Backoff = ntfy.DefaultBackoff
 		}

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/heraldpush/herald/app"
 )
@@ -17,6 +18,9 @@ type NtfyConfig struct {
 	User     string `toml:"user"`
 	Password string `toml:"password"`
 	Token    string `toml:"token"`
+	// Keepalive is the server's keepalive-interval (ntfy's default 45s): a
+	// stream silent for Keepalive + 15s is dead and dialled again.
+	Keepalive Duration `toml:"keepalive"`
 }
 
 // UnifiedPushConfig is the [unifiedpush] table.
@@ -45,6 +49,9 @@ func (c *Config) validateBackends() error {
 		}
 	} else if n.User != "" || n.Password != "" || n.Token != "" {
 		return fmt.Errorf("invalid [ntfy]: credentials without url")
+	}
+	if k := c.Ntfy.Keepalive.Duration; k < time.Second || k > time.Hour {
+		return fmt.Errorf("invalid [ntfy] keepalive %s: want 1s to 1h", c.Ntfy.Keepalive)
 	}
 	switch c.UnifiedPush.Backend {
 	case "":

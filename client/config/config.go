@@ -130,7 +130,7 @@ func DefaultConfig() Config {
 		UnifiedPushForgetAfter: Duration{7 * 24 * time.Hour},
 		AppArmorFS:             "/sys/kernel/security/apparmor",
 		Lomiri:                 defaultLomiri(),
-		Ntfy:                   NtfyConfig{URL: DefaultNtfyURL},
+		Ntfy:                   NtfyConfig{URL: DefaultNtfyURL, Keepalive: Duration{45 * time.Second}},
 		Urgency:                defaultUrgency(),
 	}
 }

@@ -233,6 +233,8 @@ func TestBackendTables(t *testing.T) {
 		{"ntfy in one line", "unifiedpush.backend = \"ntfy\"\n[lomiri]\nenabled = false\n", app.BackendNtfy},
 		{"ntfy without url, explicitly empty", "[ntfy]\nurl = \"\"\n[unifiedpush]\nbackend = \"ntfy\"\n", ""},
 		{"unknown backend", "[unifiedpush]\nbackend = \"gcm\"\n", ""},
+		{"ntfy keepalive", "[ntfy]\nkeepalive = \"2m\"\n", app.BackendAutopush},
+		{"ntfy keepalive zero", "[ntfy]\nkeepalive = \"0s\"\n", ""},
 		{"ntfy bad url", "[ntfy]\nurl = \"ws://x\"\n", ""},
 		{"ntfy credentials in url", "[ntfy]\nurl = \"https://u:p@ntfy.example\"\n", ""},
 		{"ntfy token and user", "[ntfy]\nurl = \"https://ntfy.example\"\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n", ""},
