@@ -2,11 +2,13 @@ package helpers
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -96,3 +98,36 @@ func TestHelperEnvironmentFiltered(t *testing.T) {
 	}
 }
 
+// TestHelperTimeoutKillsSetsidChild: a helper that starts a setsid process
+// and then hangs is stopped at its timeout, and the setsid process with it.
+func TestHelperTimeoutKillsSetsidChild(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t)
+	e.install(t, "com.example.hang_app", "escape_hang.sh")
+	r := e.runner(Config{Shim: []string{exe, ShimArg}, Timeout: 500 * time.Millisecond})
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	_, err = r.Process(context.Background(), "com.example.hang_app", "m1", []byte(pidfile))
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Process error = %v, want ErrTimeout", err)
+	}
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid <= 0 {
+		t.Fatalf("pid file %q", b)
+	}
+	alive := unix.Kill(pid, 0) == nil
+	if st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); alive && err == nil && strings.Contains(string(st), ") Z ") {
+		alive = false
+	}
+	t.Logf("after the timeout: setsid child %d alive %v", pid, alive)
+	if alive {
+		unix.Kill(pid, unix.SIGKILL)
+		t.Fatalf("setsid child %d survived the timed-out helper", pid)
+	}
+}
