@@ -922,6 +922,15 @@ func (c *conn) committed(ctx context.Context, m *Message, e *earlyMsg, stored bo
 		// The connection ended before the device acked: hand the stored
 		// message to the device's next connection, if it has one already.
 		c.s.dispatch(ctx, m)
+		return
+	}
+	if c.s.node != nil && err == nil && stored {
+		// With several nodes this connection may be a half-open one whose
+		// device has just connected to another node (whose first read may
+		// have missed this message): the route says where the device is.
+		if rt, rerr := c.s.store.Route(ctx, c.uaid); rerr == nil && rt != c.route {
+			c.s.dispatch(ctx, m)
+		}
 	}
 }
 

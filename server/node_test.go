@@ -245,3 +245,27 @@ func TestNodesLomiriDeliverAcross(t *testing.T) {
 	}
 	d2.send(&lomiri.Ack{})
 }
+
+// A message handed at once to a connection on the accepting node is also sent
+// where the route points once it is committed, when the route names another
+// connection (the device reconnected to another node while this connection is
+// half-open).
+func TestNodesEarlyDeliveryFollowsRoute(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	d := a.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	// The device's route as node B's claim would leave it (B called A's
+	// replace, which has not arrived yet).
+	if _, err := a.srv.store.ClaimRoute(context.Background(), d.uaid, Route{Node: b.base, Conn: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.push(ep, []byte("x"), nil); r.status != 201 {
+		t.Fatalf("post: %d", r.status)
+	}
+	d.notification() // the half-open connection got it at once, unacked
+	// …and node A passed it on to node B (which does not hold connection 42).
+	if got := metric(t, a, `herald_node_forwarded_total{result="not_connected"}`); got != "1" {
+		t.Fatalf("node A forwarded %q messages to the device's new node, want 1", got)
+	}
+}
