@@ -405,7 +405,8 @@ func lomiriChecks(ctx context.Context, conn *dbus.Conn, cfg config.Config) []che
 		add("AppArmor not enabled: click helpers run unconfined", nil, "")
 	}
 	schemas := "none: every app has every switch on"
-	if out, err := exec.CommandContext(ctx, "gsettings", "list-schemas").Output(); err == nil {
+	// The per-app schemas are relocatable: list-schemas does not show them.
+	if out, err := exec.CommandContext(ctx, "gsettings", "list-relocatable-schemas").Output(); err == nil {
 		switch {
 		case strings.Contains(string(out), "com.lomiri.notifications.settings\n"):
 			schemas = "com.lomiri.notifications.settings"

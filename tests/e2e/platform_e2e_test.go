@@ -785,6 +785,27 @@ func TestLomiriPlatformConfinedHelperE2E(t *testing.T) {
 		t.Error("the helper without its AppArmor profile ran")
 	}
 
+	// herald doctor reports the Lomiri platform: heraldd holds the push
+	// names, AppArmor is enabled with aa-exec, the confined helpers' profiles
+	// (one missing), the settings schema and the running services.
+	doctor := exec.Command(built.herald, "doctor")
+	doctor.Env = append(slicesClone(lw.toolEnv), "PATH="+aaDir+":"+os.Getenv("PATH"))
+	dout, _ := doctor.CombinedOutput() // exits 1: the missing profile is a failed check
+	t.Logf("herald doctor:\n%s", dout)
+	for _, want := range []string{
+		"ok    bus name com.lomiri.Postal",
+		"ok    AppArmor enabled: confined click helpers run with aa-exec",
+		"ok    confinement of the helper of com.example.lomiri_app",
+		"FAIL  confinement of the helper of com.example.noprofile_app: AppArmor profile com.example.noprofile_helper_1.0 is not loaded",
+		"ok    per-app notification settings: com.lomiri.notifications.settings",
+		"ok    URL dispatcher (actions): running",
+		"ok    Lomiri launcher (counters): running",
+	} {
+		if !strings.Contains(string(dout), want) {
+			t.Errorf("herald doctor does not say %q", want)
+		}
+	}
+
 	// Uninstalling a package (click removes its hook link and runs the hook
 	// again) drops it from the list and resets its switches, as upstream.
 	const npSettings = "com.lomiri.notifications.settings:/com/lomiri/NotificationSettings/com.example.noprofile/app/"
