@@ -385,3 +385,32 @@ func TestDatabaseMode(t *testing.T) {
 		}
 	}
 }
+
+// TestReplacedConnectionNormalClose: whoever learns a uaid can take the
+// device's place; the replaced connection gets a normal close (1000), so
+// the real device redials after its short back-off and takes it back,
+// instead of 4774 ("do not reconnect soon": 5 minutes without push).
+func TestReplacedConnectionNormalClose(t *testing.T) {
+	p := start(t, filepath.Join(t.TempDir(), "herald-server.db"))
+	real := connect(t, p, "")
+	thief := connect(t, p, real.uaid)
+	real.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := real.ws.ReadMessage()
+	ce, ok := err.(*websocket.CloseError)
+	if !ok {
+		t.Fatalf("replaced connection: %v, want a close frame", err)
+	}
+	t.Logf("replaced connection closed with %d %q", ce.Code, ce.Text)
+	if ce.Code != protocol.CloseNormal {
+		t.Fatalf("replaced connection closed with %d, want 1000", ce.Code)
+	}
+	// The real device comes back and the thief is replaced in turn.
+	again := connect(t, p, real.uaid)
+	if again.uaid != real.uaid {
+		t.Fatalf("uaid changed")
+	}
+	thief.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := thief.ws.ReadMessage(); !websocket.IsCloseError(err, protocol.CloseNormal) {
+		t.Fatalf("thief's connection: %v", err)
+	}
+}
