@@ -40,6 +40,7 @@ func TestOnPostgres(t *testing.T) {
 		{"Receipts", TestReceipts},
 		{"ReceiptExpired", TestReceiptExpired},
 		{"UrgencyHeld", TestUrgencyHeld},
+		{"ReceiptsBounded", TestReceiptsBounded},
 		{"LomiriRegisterNotifyDeliver", TestLomiriRegisterNotifyDeliver},
 		{"LomiriUnackedRedelivered", TestLomiriUnackedRedelivered},
 		{"LomiriPendingLimitReplaceClear", TestLomiriPendingLimitReplaceClear},

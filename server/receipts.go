@@ -30,7 +30,8 @@ const (
 	// receiptChannel is the one channel of a receipt subscription.
 	receiptChannel = "receipts"
 	// MaxReceipts is how many unread receipts one receipt subscription (one
-	// app server) keeps; older ones are dropped.
+	// app server) keeps by default (Config.MaxReceipts); older ones are
+	// dropped.
 	MaxReceipts = 1000
 	// ReceiptTTL is how long an unread receipt is kept.
 	ReceiptTTL = 7 * 24 * time.Hour
@@ -205,7 +206,7 @@ func (s *Server) putReceipt(ctx context.Context, sub, msgID, status string, code
 	id := newMessageID()
 	m := &Message{ID: id, UAID: ReceiptUAIDPrefix + sub, ChannelID: receiptChannel, Version: id, Data: data,
 		Expiry: now.Add(ReceiptTTL)}
-	if _, dropped, err := s.store.Put(ctx, m, PutOptions{DropOver: MaxReceipts}, now); err != nil {
+	if _, dropped, err := s.store.Put(ctx, m, PutOptions{DropOver: s.cfg.MaxReceipts}, now); err != nil {
 		s.log.Warn("cannot store receipt", "msg_id", msgID, "err", err)
 		return
 	} else if dropped > 0 {

@@ -245,3 +245,33 @@ func TestStoreUrgencyReceiptWatches(t *testing.T) {
 		}
 	})
 }
+
+// A receipt subscription keeps at most MaxReceipts unread receipts: the
+// oldest go, counted.
+func TestReceiptsBounded(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxReceipts = 3 })
+	d := ts.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	loc := ts.receiptSubscription()
+	var locs []string
+	for i := range 5 {
+		r := ts.push(ep, []byte{byte('a' + i)}, map[string]string{"Push-Receipt": loc})
+		if r.status != 201 {
+			t.Fatalf("push %d = %d", i, r.status)
+		}
+		locs = append(locs, r.header.Get("Location"))
+		d.ack(d.notification())
+		d.quiet() // the ack and its receipt are handled before the next push
+	}
+	p := ts.receipts(loc, 0)
+	var got []string
+	for _, r := range p.Receipts {
+		got = append(got, r.Message)
+	}
+	if strings.Join(got, " ") != strings.Join(locs[2:], " ") {
+		t.Fatalf("receipts kept %q, want the newest 3 %q", got, locs[2:])
+	}
+	if m := ts.do("GET", "/metrics", nil, nil); !strings.Contains(string(m.body), "herald_receipts_dropped_total 2\n") {
+		t.Errorf("metrics lack herald_receipts_dropped_total 2")
+	}
+}

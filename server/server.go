@@ -90,6 +90,9 @@ type Config struct {
 	// beyond it the oldest are dropped and counted (default
 	// protocol.MaxPendingPerChannel, 100).
 	MaxPending int
+	// MaxReceipts is how many unread push receipts one receipt
+	// subscription keeps (default MaxReceipts, 1000).
+	MaxReceipts int
 	// SweepInterval is how often expired messages are swept (default 1 min).
 	SweepInterval time.Duration
 	// NotifyMaxPending is how many unexpired messages one app (token) may
@@ -166,6 +169,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.NotifyMaxPending <= 0 {
 		cfg.NotifyMaxPending = MaxNotifyPending
+	}
+	if cfg.MaxReceipts <= 0 {
+		cfg.MaxReceipts = MaxReceipts
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
