@@ -110,31 +110,24 @@ type Daemon struct {
 	sem      chan struct{} // bounds concurrent helper runs
 	group    singleflight.Group
 
-	// ctx is the Run context, set before workers start; workers derive from it.
-	ctx    context.Context
-	wg     sync.WaitGroup // workers and background tasks
-	runMu  sync.Mutex     // guards started, stopping, and orders wg.Add against Wait
-	active bool           // Run is running and accepting work
+	// The owner loop (owner.go): inbox carries functions to run on it,
+	// loopDone is closed when it ended, o is its state.
+	inbox    chan func(*owned)
+	loopDone chan struct{}
+	o        owned
+	preMu    sync.Mutex // guards looping; o before the loop starts (preRun)
+	looping  bool       // the owner loop has started
+
+	wg     sync.WaitGroup  // workers and background tasks
+	runMu  sync.Mutex      // guards ctx and active, and orders wg.Go against Wait
+	ctx    context.Context // the Run context; workers derive from it
+	active bool            // Run is running and accepting work
 
 	busMu sync.Mutex // guards bus
 	bus   Bus
 
-	regMu sync.Mutex                    // guards regs
-	regs  map[string]store.Registration // channel id → registration
-
-	workMu   sync.Mutex         // guards workers, deferred, flushing
-	workers  map[string]*worker // app id → worker state
-	deferred map[string]bool    // apps whose kick waits for the end of a burst
-	flushing *time.Timer        // flushes deferred at the end of a burst
-
 	connMu sync.Mutex                  // guards conns
 	conns  map[app.Backend]push.Status // each backend's last reported status
-}
-
-type worker struct {
-	running bool
-	dirty   bool // more work arrived while running
-	timer   *time.Timer
 }
 
 // New builds a Daemon; Run starts it.
@@ -155,8 +148,9 @@ func New(o Options) *Daemon {
 	d := &Daemon{
 		cfg: o.Config, st: o.Store, proc: o.Processor, pres: o.Presenter, log: o.Logger, now: o.Now,
 		sem:      make(chan struct{}, conc),
-		regs:     map[string]store.Registration{},
-		workers:  map[string]*worker{},
+		inbox:    make(chan func(*owned)),
+		loopDone: make(chan struct{}),
+		o:        owned{regs: map[string]store.Registration{}, workers: map[string]*worker{}},
 		backends: map[app.Backend]push.Backend{},
 		conns:    map[app.Backend]push.Status{},
 	}
@@ -252,6 +246,14 @@ func (d *Daemon) SetOnline(v bool) {
 // keeps the connection to the push server until ctx ends. It returns after
 // every worker stopped; the store stays open (the caller closes it).
 func (d *Daemon) Run(ctx context.Context) error {
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	var loop sync.WaitGroup
+	d.preMu.Lock()
+	d.looping = true
+	d.preMu.Unlock()
+	loop.Go(func() { d.loop(loopCtx) })
+	defer loop.Wait()
+	defer stopLoop()
 	if err := d.loadRegistrations(ctx); err != nil {
 		return err
 	}
@@ -291,18 +293,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// stop stops taking work and waits for the workers.
+// stop stops taking work and waits for the workers (the owner loop stops
+// its timers when ctx ends).
 func (d *Daemon) stop() {
 	d.runMu.Lock()
 	d.active = false
 	d.runMu.Unlock()
-	d.workMu.Lock()
-	for _, w := range d.workers {
-		if w.timer != nil {
-			w.timer.Stop()
-		}
-	}
-	d.workMu.Unlock()
 	d.wg.Wait()
 }
 
@@ -318,79 +314,6 @@ func (d *Daemon) goBackground(f func(ctx context.Context)) bool {
 	return true
 }
 
-func (d *Daemon) loadRegistrations(ctx context.Context) error {
-	regs, err := d.st.Registrations(ctx)
-	if err != nil {
-		return err
-	}
-	d.regMu.Lock()
-	defer d.regMu.Unlock()
-	for _, r := range regs {
-		d.regs[r.ChannelID] = r
-	}
-	return nil
-}
-
-// updateWanted tells each backend whether a registration uses it: one
-// connection per backend that has registrations.
-func (d *Daemon) updateWanted() {
-	d.regMu.Lock()
-	used := map[app.Backend]bool{}
-	for _, r := range d.regs {
-		used[r.Backend] = true
-	}
-	d.regMu.Unlock()
-	for name, b := range d.backends {
-		b.SetWanted(used[name])
-	}
-}
-
-// regsOf returns the registrations on backend b.
-func (d *Daemon) regsOf(b app.Backend) []store.Registration {
-	d.regMu.Lock()
-	defer d.regMu.Unlock()
-	var out []store.Registration
-	for _, r := range d.regs {
-		if r.Backend == b {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-func (d *Daemon) putReg(r store.Registration) {
-	d.regMu.Lock()
-	d.regs[r.ChannelID] = r
-	d.regMu.Unlock()
-	d.updateWanted()
-}
-
-func (d *Daemon) dropReg(channelID string) {
-	d.regMu.Lock()
-	delete(d.regs, channelID)
-	d.regMu.Unlock()
-	d.updateWanted()
-}
-
-func (d *Daemon) regByChannel(channelID string) (store.Registration, bool) {
-	d.regMu.Lock()
-	defer d.regMu.Unlock()
-	r, ok := d.regs[channelID]
-	return r, ok
-}
-
-// hasUPReg reports whether appID has a UnifiedPush registration.
-func (d *Daemon) hasUPReg(appID string) bool {
-	d.regMu.Lock()
-	defer d.regMu.Unlock()
-	for _, r := range d.regs {
-		if r.AppID == appID && r.Kind == app.KindUnifiedPush {
-			return true
-		}
-	}
-	return false
-}
-
 // dropUnreachable forgets UnifiedPush registrations whose connector service
 // can no longer be activated (the app was removed).
 func (d *Daemon) dropUnreachable(ctx context.Context) {
@@ -398,14 +321,14 @@ func (d *Daemon) dropUnreachable(ctx context.Context) {
 	if bus == nil {
 		return
 	}
-	d.regMu.Lock()
 	var ups []store.Registration
-	for _, r := range d.regs {
-		if r.Kind == app.KindUnifiedPush {
-			ups = append(ups, r)
+	d.ask(func(o *owned) {
+		for _, r := range o.regs {
+			if r.Kind == app.KindUnifiedPush {
+				ups = append(ups, r)
+			}
 		}
-	}
-	d.regMu.Unlock()
+	})
 	for _, r := range ups {
 		ok, err := bus.Activatable(ctx, r.Service)
 		if err != nil {
@@ -601,13 +524,9 @@ func (d *Daemon) Receive(ctx context.Context, b push.Batch) []error {
 	}
 	// A draining server's batch is taken in (and acked) first, the pipeline
 	// runs when the burst ends. Other batches are live messages, a few of
-	// which may be read together under load: process them now (during a
-	// burst they join it without extending it).
-	if !d.deferKicks(apps, b.Draining) {
-		for _, a := range apps {
-			d.kick(a)
-		}
-	}
+	// which may be read together under load: processed now (during a burst
+	// they join it without extending it).
+	d.schedule(apps, b.Draining)
 	return res
 }
 

@@ -1,0 +1,118 @@
+package client
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/store"
+	"github.com/heraldpush/herald/dbusapi"
+)
+
+// attemptLog records UnifiedPush delivery attempts with the (bubble's)
+// time they were made.
+type attemptLog struct {
+	mu  sync.Mutex
+	got []attempt
+}
+
+type attempt struct {
+	body  string
+	token string
+	at    time.Time
+	acked bool
+}
+
+// TestUnifiedPushDeliveryPerRegistration runs the owner loop in a synctest
+// bubble (fake time, no real sleeps): an app with two registrations (two
+// tokens) gets each message with its own registration's token; the
+// connector of one registration fails, and its message is retried with
+// backoff (2 s, then 4 s more) until acked, while the other registration's
+// messages are delivered at once; a message whose TTL ends while it is
+// retried is dropped and counted as expired.
+func TestUnifiedPushDeliveryPerRegistration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		st, err := store.Open(ctx, filepath.Join(t.TempDir(), "herald.db"), store.Options{Synchronous: "NORMAL"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		const up = "org.example.Up"
+		for _, r := range []store.Registration{
+			{ChannelID: "11111111-1111-4111-8111-111111111111", AppID: up, Kind: app.KindUnifiedPush, Service: up, UPToken: "failing", UPVersion: 2, Endpoint: "x"},
+			{ChannelID: "22222222-2222-4222-8222-222222222222", AppID: up, Kind: app.KindUnifiedPush, Service: up, UPToken: "working", UPVersion: 2, Endpoint: "y"},
+		} {
+			if err := st.PutRegistration(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t0 := time.Now()
+		in := []store.Incoming{
+			{MsgID: "f1", AppID: up, ChannelID: "11111111-1111-4111-8111-111111111111", Version: "1", Body: []byte("to failing"), Received: t0},
+			{MsgID: "w1", AppID: up, ChannelID: "22222222-2222-4222-8222-222222222222", Version: "1", Body: []byte("to working 1"), Received: t0},
+			{MsgID: "w2", AppID: up, ChannelID: "22222222-2222-4222-8222-222222222222", Version: "2", Body: []byte("to working 2"), Received: t0},
+			{MsgID: "f2", AppID: up, ChannelID: "11111111-1111-4111-8111-111111111111", Version: "2", Body: []byte("expires"), Received: t0, Expires: t0.Add(5 * time.Second)},
+		}
+		if _, err := st.Receive(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		log := &attemptLog{}
+		bus := newFakeBus()
+		bus.upDone = make(chan dbusapi.UPMessage, 1000)
+		bus.ack = func(m dbusapi.UPMessage) bool {
+			// The failing connector answers with an error until 6 s passed.
+			ok := m.Token == "working" || time.Since(t0) >= 6*time.Second
+			log.got = append(log.got, attempt{body: string(m.Body), token: m.Token, at: time.Now(), acked: ok})
+			if (m.Token == "working") != (string(m.Body) == "to working 1" || string(m.Body) == "to working 2") {
+				t.Errorf("message %q delivered with token %q", m.Body, m.Token)
+			}
+			return ok
+		}
+		cfg := config.DefaultConfig()
+		cfg.Server = ""
+		d := New(Options{Config: cfg, Store: st})
+		d.SetBus(bus)
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { d.Run(rctx); close(done) }()
+		defer func() { cancel(); <-done }()
+
+		time.Sleep(time.Minute) // fake time: every retry runs
+		synctest.Wait()
+		bus.mu.Lock()
+		byBody := map[string][]time.Duration{}
+		acked := map[string]bool{}
+		for _, a := range log.got {
+			byBody[a.body] = append(byBody[a.body], a.at.Sub(t0))
+			acked[a.body] = acked[a.body] || a.acked
+		}
+		bus.mu.Unlock()
+		// The working registration's messages went at once, not held back
+		// by the failing registration's first message.
+		for _, b := range []string{"to working 1", "to working 2"} {
+			if got := byBody[b]; len(got) != 1 || got[0] != 0 || !acked[b] {
+				t.Errorf("%q attempts at %v (acked %v), want one at once", b, got, acked[b])
+			}
+		}
+		// The failing one was retried with backoff (2 s, then 4 s more)
+		// until its connector answered.
+		if got, want := byBody["to failing"], []time.Duration{0, 2 * time.Second, 6 * time.Second}; !slices.Equal(got, want) || !acked["to failing"] {
+			t.Errorf("failing registration's message attempts at %v (acked %v), want %v then acked", got, acked["to failing"], want)
+		}
+		// The one whose TTL ended while retried was dropped, never acked.
+		if acked["expires"] {
+			t.Error("an expired message was delivered")
+		}
+		c, _ := d.Counters(ctx)
+		if c["messages_delivered"] != 3 || c["messages_expired"] != 1 {
+			t.Fatalf("counters %v: want 3 delivered, 1 expired", c)
+		}
+	})
+}
