@@ -573,6 +573,21 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		}
 		return nil
 	case *protocol.AppAck:
+		// An app that took a message the device has not acked yet (the
+		// ack may wait to share a frame) had it delivered first.
+		var early []ackedReceipt
+		c.mu.Lock()
+		for _, u := range m.Updates {
+			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
+			if rr, ok := c.receipts[r]; ok {
+				delete(c.receipts, r)
+				early = append(early, ackedReceipt{ref: r, receipt: rr})
+			}
+		}
+		c.mu.Unlock()
+		for _, a := range early {
+			s.putReceipt(ctx, a.receipt.sub, a.receipt.msgID, ReceiptDelivered, protocol.AckDelivered)
+		}
 		s.appAcked(ctx, c.uaid, m)
 		return nil
 	case *protocol.Batch:

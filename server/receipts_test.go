@@ -275,3 +275,26 @@ func TestReceiptsBounded(t *testing.T) {
 		t.Errorf("metrics lack herald_receipts_dropped_total 2")
 	}
 }
+
+// An app_ack that overtakes the device's ack still gives "delivered" before
+// "read", and the later ack no second receipt.
+func TestReceiptAppAckBeforeAck(t *testing.T) {
+	ts := startServer(t, nil)
+	d := ts.connect("")
+	ep := d.register(protocol.NewChannelID(), "")
+	loc := ts.receiptSubscription()
+	if r := ts.push(ep, []byte("x"), map[string]string{"Push-Receipt": loc}); r.status != 201 {
+		t.Fatal(r.status)
+	}
+	n := d.notification()
+	d.send(&protocol.AppAck{Updates: []protocol.Update{{ChannelID: n.ChannelID, Version: n.Version}}})
+	d.ack(n)
+	d.quiet()
+	var statuses []string
+	for _, r := range ts.receipts(loc, 0).Receipts {
+		statuses = append(statuses, r.Status)
+	}
+	if strings.Join(statuses, ",") != "delivered,read" {
+		t.Fatalf("receipts %v, want delivered then read only", statuses)
+	}
+}

@@ -554,6 +554,12 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 				return errors.New("reconnect requested")
 			}
 			msgs, check := s.extFrames(true)
+			if len(msgs) > 0 {
+				// Acks first: an app_ack never overtakes the ack of its message.
+				if err := flush(); err != nil {
+					return err
+				}
+			}
 			for _, m := range msgs {
 				if err := write(m); err != nil {
 					return err

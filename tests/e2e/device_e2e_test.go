@@ -144,28 +144,8 @@ func TestReceiptsAfterAckAndPopAll(t *testing.T) {
 	w := newWorld(t, worldOptions{})
 	const appID = "com.example.shop_shop"
 	token := w.registerLomiri(appID)
-	resp, err := w.http.Post(w.server.HTTP()+"/receipts", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc := resp.Header.Get("Location")
-	if resp.StatusCode != 201 || !strings.Contains(loc, "/r/") {
-		t.Fatalf("POST /receipts = %d, Location %q", resp.StatusCode, loc)
-	}
-	req, _ := http.NewRequest("POST", w.server.HTTP()+"/wpush/v1/"+token, strings.NewReader(`{"order":42}`))
-	req.Header.Set("TTL", "600")
-	req.Header.Set("Prefer", "respond-async")
-	req.Header.Set("Link", "<"+loc+`>; rel="urn:ietf:params:push:receipt"`)
-	resp, err = w.http.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	msg := resp.Header.Get("Location")
-	if resp.StatusCode != 202 || msg == "" {
-		t.Fatalf("push with receipt = %d, Location %q; want 202", resp.StatusCode, msg)
-	}
+	loc := w.receiptSubscription()
+	msg := w.pushWithReceipt(token, `{"order":42}`, loc)
 	w.waitPost(appID, waitLong) // queued for the app: heraldd has acked it
 	p := w.receipts(loc, 0)
 	if len(p.Receipts) != 1 || p.Receipts[0].Message != msg || p.Receipts[0].Status != "delivered" || p.Receipts[0].Code != 100 {
@@ -177,5 +157,65 @@ func TestReceiptsAfterAckAndPopAll(t *testing.T) {
 	p = w.receipts(loc, p.Next)
 	if len(p.Receipts) != 1 || p.Receipts[0].Message != msg || p.Receipts[0].Status != "read" {
 		t.Fatalf("receipts after PopAll: %+v, want read for %s", p.Receipts, msg)
+	}
+}
+
+// receiptSubscription makes a receipt subscription on herald-server.
+func (w *world) receiptSubscription() string {
+	w.t.Helper()
+	resp, err := w.http.Post(w.server.HTTP()+"/receipts", "", nil)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != 201 || !strings.Contains(loc, "/r/") {
+		w.t.Fatalf("POST /receipts = %d, Location %q", resp.StatusCode, loc)
+	}
+	return loc
+}
+
+// pushWithReceipt pushes body to token asking for receipts on loc (RFC 8030
+// §5.1) and returns the push message resource.
+func (w *world) pushWithReceipt(token, body, loc string) string {
+	w.t.Helper()
+	req, _ := http.NewRequest("POST", w.server.HTTP()+"/wpush/v1/"+token, strings.NewReader(body))
+	req.Header.Set("TTL", "600")
+	req.Header.Set("Prefer", "respond-async")
+	req.Header.Set("Link", "<"+loc+`>; rel="urn:ietf:params:push:receipt"`)
+	resp, err := w.http.Do(req)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	resp.Body.Close()
+	msg := resp.Header.Get("Location")
+	if resp.StatusCode != 202 || msg == "" {
+		w.t.Fatalf("push with receipt = %d, Location %q; want 202", resp.StatusCode, msg)
+	}
+	return msg
+}
+
+// A UnifiedPush app's Connector2 answer is the app taking the message: the
+// app server gets "delivered" and then "read".
+func TestReceiptReadAfterConnector2Ack(t *testing.T) {
+	w := newWorld(t, worldOptions{})
+	a, eps := w.startUPApp(t, "org.example.Receipts", []string{"tok-r"}, "--reply", "id")
+	loc := w.receiptSubscription()
+	msg := w.pushWithReceipt(eps["tok-r"], "encrypted-looking bytes", loc)
+	a.waitRecords(t, "Message", 1, nil)
+	var statuses []string
+	var since int64
+	for len(statuses) < 2 {
+		p := w.receipts(loc, since)
+		for _, r := range p.Receipts {
+			if r.Message != msg {
+				t.Fatalf("receipt for %s, want %s", r.Message, msg)
+			}
+			statuses = append(statuses, r.Status)
+		}
+		since = p.Next
+	}
+	if strings.Join(statuses, ",") != "delivered,read" {
+		t.Fatalf("receipts %v, want delivered then read", statuses)
 	}
 }
