@@ -48,7 +48,7 @@ func clientIP(r *http.Request) string {
 }
 
 // limited checks the rate limits of the client address and of token ("" for
-// none); when exceeded it sets Retry-After and returns false.
+// none); when one is exceeded it sets Retry-After and reports true.
 func (s *Server) limited(w http.ResponseWriter, r *http.Request, token string) bool {
 	now := s.now()
 	if ok, retry := s.ipRL.allow(clientIP(r), now); !ok {
