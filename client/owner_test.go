@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client/config"
+	"github.com/heraldpush/herald/client/push"
 	"github.com/heraldpush/herald/client/store"
 	"github.com/heraldpush/herald/dbusapi"
 )
@@ -113,6 +115,77 @@ func TestUnifiedPushDeliveryPerRegistration(t *testing.T) {
 		c, _ := d.Counters(ctx)
 		if c["messages_delivered"] != 3 || c["messages_expired"] != 1 {
 			t.Fatalf("counters %v: want 3 delivered, 1 expired", c)
+		}
+	})
+}
+
+// TestDrainDefersThePipeline: in a synctest bubble, batches of a draining
+// server are stored at once but their apps' pipelines start only when
+// burstQuiet passed without another draining batch; a live batch during the
+// burst does not extend it.
+func TestDrainDefersThePipeline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		st, err := store.Open(ctx, filepath.Join(t.TempDir(), "herald.db"), store.Options{Synchronous: "NORMAL"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		const a = "com.example.drain_drain"
+		const ch = "33333333-3333-4333-8333-333333333333"
+		if err := st.PutRegistration(ctx, store.Registration{ChannelID: ch, AppID: a, Kind: app.KindLomiri, Endpoint: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := config.DefaultConfig()
+		cfg.Server = ""
+		d := New(Options{Config: cfg, Store: st})
+		bus := newFakeBus()
+		d.SetBus(bus)
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { d.Run(rctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		synctest.Wait()
+
+		n := 0
+		batch := func(draining bool) {
+			n++
+			res := d.Receive(ctx, push.Batch{Backend: app.BackendAutopush, Draining: draining,
+				Messages: []push.Message{{ChannelID: ch, ServerID: fmt.Sprint(n), Body: []byte(fmt.Sprint(n))}}})
+			if res[0] != nil {
+				t.Fatalf("Receive: %v", res[0])
+			}
+		}
+		posts := func() int {
+			synctest.Wait()
+			return len(bus.posted)
+		}
+		batch(true)
+		time.Sleep(burstQuiet / 2)
+		batch(true) // extends the burst
+		time.Sleep(burstQuiet / 2)
+		batch(false) // live: joins the burst, does not extend it
+		if got := posts(); got != 0 {
+			t.Fatalf("%d Post signals during the burst, want none", got)
+		}
+		time.Sleep(burstQuiet/2 - time.Millisecond)
+		if got := posts(); got != 0 {
+			t.Fatalf("%d Post signals before burstQuiet after the last draining batch", got)
+		}
+		time.Sleep(time.Millisecond)
+		if got := posts(); got == 0 {
+			t.Fatal("no Post signal when the burst ended")
+		}
+		if msgs, _ := d.PopAll(ctx, a); len(msgs) != 3 {
+			t.Fatalf("queued %q, want the three messages", msgs)
+		}
+		// Without a drain a live message goes through at once.
+		for len(bus.posted) > 0 {
+			<-bus.posted
+		}
+		batch(false)
+		if got := posts(); got == 0 {
+			t.Fatal("a live message outside a burst was not processed at once")
 		}
 	})
 }
