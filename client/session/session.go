@@ -466,7 +466,9 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			}
 		}
 	}
-	frames := make(chan frame, protocol.BatchSize*2)
+	// Room for a whole stored batch (extension batch): the reader decodes the
+	// next frames while the previous ones commit, and they commit together.
+	frames := make(chan frame, protocol.MaxBatchSize)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.read(ws, frames, c.done) })
 	defer wg.Wait()
