@@ -38,6 +38,7 @@ type options struct {
 	pingInterval             time.Duration
 	maxPending               int
 	notifyMaxPending         int
+	maxReceipts              int
 	lomiriListen             string // Lomiri wire protocol listener
 	lomiriCert, lomiriKey    string
 	lomiriHosts, lomiriDom   string // what /delivery-hosts answers
@@ -80,6 +81,7 @@ func main() {
 	fs.IntVar(&o.ipBurst, "rate-burst-ip", server.DefaultIPLimit.Burst, "burst of requests per client address")
 	fs.IntVar(&o.maxPending, "max-pending", protocol.MaxPendingPerChannel, "undelivered Web Push messages kept per channel; beyond it the oldest are dropped")
 	fs.IntVar(&o.notifyMaxPending, "notify-max-pending", server.MaxNotifyPending, "unexpired messages one app may have pending through /notify before 413 too-many-pending")
+	fs.IntVar(&o.maxReceipts, "max-receipts", server.MaxReceipts, "unread push receipts kept per receipt subscription; beyond it the oldest are dropped")
 	fs.StringVar(&o.lomiriListen, "lomiri-listen", "", "serve Lomiri devices (lomiri-push-service's wire protocol, TLS) on this address, for example :5001")
 	fs.StringVar(&o.lomiriCert, "lomiri-cert", "", "TLS certificate chain (PEM) of the Lomiri listener (default --tls-cert)")
 	fs.StringVar(&o.lomiriKey, "lomiri-key", "", "TLS private key (PEM) of the Lomiri listener (default --tls-key)")
@@ -200,6 +202,7 @@ func run(ctx context.Context, o options) error {
 		Sync:          syncMode,
 		PingInterval:  o.pingInterval,
 		MaxPending:    o.maxPending,
+		MaxReceipts:   o.maxReceipts,
 		MaxChannels:   o.maxChannels,
 		DeviceIdle:    o.deviceIdle,
 		MaxAttempts:   o.maxAttempts,
