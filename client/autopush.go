@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,9 +34,21 @@ func newAutopush(d *Daemon, sc session.Config) *autopush {
 	a := &autopush{sink: d, d: d, url: sc.URL,
 		status: push.Status{Backend: app.BackendAutopush, State: push.StateIdle, Server: sc.URL}}
 	sc.Handler = (*autopushHandler)(a)
+	if d.st != nil {
+		// What this server supported last time: the first hello of this
+		// run already states the wanted urgency.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if v, err := d.st.BackendState(ctx, app.BackendAutopush, extensionsKey(sc.URL)); err == nil && v != "" {
+			sc.Extensions = strings.Split(v, ",")
+		}
+		cancel()
+	}
 	a.sess = session.New(sc)
 	return a
 }
+
+// extensionsKey is the backend state key of the extensions a server named.
+func extensionsKey(url string) string { return "extensions " + url }
 
 func (a *autopush) Name() app.Backend             { return app.BackendAutopush }
 func (a *autopush) Run(ctx context.Context) error { return a.sess.Run(ctx) }
@@ -96,6 +109,13 @@ func (h *autopushHandler) Hello(ctx context.Context) (string, []string, error) {
 
 func (h *autopushHandler) Welcome(ctx context.Context, uaid string) error {
 	d := h.d
+	key := extensionsKey(h.url)
+	exts := strings.Join(h.sess.Extensions(), ",")
+	if old, err := d.st.BackendState(ctx, app.BackendAutopush, key); err == nil && old != exts {
+		if err := d.st.SetBackendState(ctx, app.BackendAutopush, key, exts); err != nil {
+			d.log.Warn("cannot save the server's extensions", "err", err)
+		}
+	}
 	changed, err := d.st.SetUAID(ctx, uaid)
 	if err != nil {
 		return err

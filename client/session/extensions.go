@@ -1,6 +1,7 @@
 package session
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -85,6 +86,21 @@ func (s *Session) SupportsExtension(ext string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.ext.supported[ext]
+}
+
+// Extensions returns the extensions the server named in its last hello
+// reply (or Config.Extensions before the first), sorted.
+func (s *Session) Extensions() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.ext.supported))
+	for e, ok := range s.ext.supported {
+		if ok {
+			out = append(out, e)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // helloUrgency is the urgency to put in a hello: only for a server known to

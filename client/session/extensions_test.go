@@ -115,3 +115,23 @@ func TestCheckEndsBackoff(t *testing.T) {
 	writeMsg(t, c2, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
 	h.waitState(t, StateConnected)
 }
+
+// Extensions known from an earlier run put the urgency in the very first
+// hello, so the server holds lower messages from its first drain on.
+func TestKnownExtensionsInFirstHello(t *testing.T) {
+	srv := newFakeServer(t)
+	h := newHandler()
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, RequestTimeout: 2 * time.Second,
+		Extensions: []string{protocol.ExtUrgency}, Rand: func(int64) int64 { return 0 }})
+	s.SetUrgency("high")
+	s.SetWanted(true)
+	c := srv.accept(t)
+	if hello := readMsg(t, c).(*protocol.Hello); hello.Urgency != "high" {
+		t.Fatalf("first hello carries urgency %q, want high", hello.Urgency)
+	}
+	writeMsg(t, c, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true, Extensions: []string{protocol.ExtAppAck, protocol.ExtUrgency}})
+	h.waitState(t, StateConnected)
+	if got := s.Extensions(); len(got) != 2 || got[0] != protocol.ExtAppAck || got[1] != protocol.ExtUrgency {
+		t.Fatalf("Extensions() = %v", got)
+	}
+}

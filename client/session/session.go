@@ -84,6 +84,10 @@ type Config struct {
 	Backoff Backoff
 	// Compression asks for permessage-deflate.
 	Compression bool
+	// Extensions are the Herald extensions the server named on an earlier
+	// connection (kept by the daemon): used until this run's first hello
+	// reply, so that even the first hello states the wanted urgency.
+	Extensions []string
 	// MinKeepalive is the shortest idle time after which the session pings
 	// the server itself, once its path proved to drop idle connections
 	// (zero: DefaultMinKeepalive).
@@ -167,6 +171,12 @@ func New(cfg Config) *Session {
 		cfg.Rand = rand.Int64N
 	}
 	s := &Session{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), online: true, ready: make(chan struct{})}
+	if len(cfg.Extensions) > 0 {
+		s.ext.supported = map[string]bool{}
+		for _, e := range cfg.Extensions {
+			s.ext.supported[e] = true
+		}
+	}
 	if cfg.Dial == nil {
 		d := &websocket.Dialer{
 			HandshakeTimeout:  cfg.RequestTimeout,
@@ -379,10 +389,10 @@ func (s *Session) connect(ctx context.Context) error {
 	if !ok || h.UAID == "" || len(h.UAID) > 128 {
 		return fmt.Errorf("bad hello from push server: got %s", m.Type())
 	}
+	s.welcomed(h, urgency)
 	if err := s.cfg.Handler.Welcome(ctx, h.UAID); err != nil {
 		return err
 	}
-	s.welcomed(h, urgency)
 	if h.Supports(protocol.ExtBatch) && s.cfg.Batch >= 0 {
 		// Larger stored batches with pipelined acks: a reconnect drain is
 		// fewer round trips and fewer inbox transactions. Only to a server

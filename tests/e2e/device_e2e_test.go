@@ -219,3 +219,34 @@ func TestReceiptReadAfterConnector2Ack(t *testing.T) {
 		t.Fatalf("receipts %v, want delivered then read", statuses)
 	}
 }
+
+// heraldd remembers that its server holds low urgencies: after a restart on
+// a low battery, its very first hello states the urgency, so a very-low
+// message stored while it was down is not sent in the first drain.
+func TestUrgencyHeldAcrossDaemonRestart(t *testing.T) {
+	var o worldOptions
+	sys := withSystem(t, &o, func(s *fakesys.Services) { s.SetBattery(true, 10) })
+	w := newWorld(t, o)
+	const appID = "com.example.news_news"
+	token := w.registerLomiri(appID)
+	if st, err := w.pushWeb(token, []byte(`{"n":"first"}`), 600, map[string]string{"Urgency": "high"}); err != nil || st != 201 {
+		t.Fatalf("push = %d %v", st, err)
+	}
+	w.popUntil(appID, 1) // connected once: heraldd has seen the server's extensions
+	w.daemon.Kill()
+	<-w.daemon.Done()
+	if st, err := w.pushWeb(token, []byte(`{"n":"newsletter"}`), 600, map[string]string{"Urgency": "very-low"}); err != nil || st != 201 {
+		t.Fatalf("very-low push = %d %v", st, err)
+	}
+	if st, err := w.pushWeb(token, []byte(`{"n":"call"}`), 600, map[string]string{"Urgency": "high"}); err != nil || st != 201 {
+		t.Fatalf("high push = %d %v", st, err)
+	}
+	w.restartDaemon()
+	if got := w.popUntil(appID, 1); !slices.Equal(got, []string{`{"n":"call"}`}) {
+		t.Fatalf("after the restart on battery the app got %q; want only the high message", got)
+	}
+	sys.SetBattery(false, 11)
+	if got := w.popUntil(appID, 1); !slices.Equal(got, []string{`{"n":"newsletter"}`}) {
+		t.Fatalf("on power the app got %q; want the newsletter", got)
+	}
+}
