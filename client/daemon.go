@@ -1,15 +1,18 @@
-// Package client is the core of heraldd: the Daemon owns the connection to
-// the push server (package session), the durable state (package store) and
-// the message pipeline
+// Package client is the core of heraldd: the Daemon runs one connection per
+// push service backend that has registrations (package push: autopush in
+// package session, lomiri, ntfy), keeps the durable state (package store)
+// and owns the message pipeline
 //
-//	received → processed (helper) → presented (notification) → queued → delivered
+//	received → processed (helper) → presented (notification) → queued → taken by the app
 //
 // Each step is recorded in the store before the next one starts, so that a
 // restart resumes every inbox message from the step it reached. Messages of
 // one app are handled in arrival order by one worker; different apps run in
-// parallel, at most Config.HelperConcurrency helpers at once.
+// parallel (the helper runner bounds how many helpers run at once). One
+// goroutine owns the pipeline's state; owner.go says in what order things
+// happen.
 //
-// The Daemon implements dbusapi.Backend.
+// The Daemon implements dbusapi.Backend and push.Sink.
 package client
 
 import (
@@ -107,7 +110,6 @@ type Daemon struct {
 	// backends are the push services, by name; set before Run (New and
 	// AddBackend), read-only after.
 	backends map[app.Backend]push.Backend
-	sem      chan struct{} // bounds concurrent helper runs
 	group    singleflight.Group
 
 	// The owner loop (owner.go): inbox carries functions to run on it,
@@ -141,13 +143,8 @@ func New(o Options) *Daemon {
 	if o.Processor == nil {
 		o.Processor = passThrough{}
 	}
-	conc := o.Config.HelperConcurrency
-	if conc < 1 {
-		conc = 1
-	}
 	d := &Daemon{
 		cfg: o.Config, st: o.Store, proc: o.Processor, pres: o.Presenter, log: o.Logger, now: o.Now,
-		sem:      make(chan struct{}, conc),
 		inbox:    make(chan func(*owned)),
 		loopDone: make(chan struct{}),
 		o:        owned{regs: map[string]store.Registration{}, workers: map[string]*worker{}},

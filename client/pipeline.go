@@ -87,11 +87,7 @@ func (d *Daemon) processBatch(ctx context.Context, msgs []store.Message, isUP bo
 		if m.Step != app.StepReceived {
 			continue
 		}
-		if m.Expired(now) {
-			d.log.Info("expired message dropped", "app_id", m.AppID, "msg_id", m.MsgID, "step", m.Step)
-			if err := d.st.Done(ctx, m.Seq, app.CounterMessagesExpired); err != nil && !errors.Is(err, store.ErrNotFound) {
-				d.log.Error("cannot drop expired message", "app_id", m.AppID, "err", err)
-			}
+		if d.dropIfExpired(ctx, m, now) {
 			m.Step = ""
 			dropped = true
 			continue
@@ -128,48 +124,28 @@ func (d *Daemon) processBatch(ctx context.Context, msgs []store.Message, isUP bo
 	return dropped, false
 }
 
-// advance moves one message from its step to the queued step, or drops it
-// when it expired (reporting true).
+// dropIfExpired drops m, counted as expired, when its TTL ended at now. It
+// is the one place an expired message leaves the pipeline.
+func (d *Daemon) dropIfExpired(ctx context.Context, m *store.Message, now time.Time) bool {
+	if !m.Expired(now) {
+		return false
+	}
+	d.log.Info("expired message dropped", "app_id", m.AppID, "msg_id", m.MsgID, "step", m.Step, "attempts", m.Attempts)
+	if err := d.st.Done(ctx, m.Seq, app.CounterMessagesExpired); err != nil && !errors.Is(err, store.ErrNotFound) {
+		d.log.Error("cannot drop expired message", "app_id", m.AppID, "msg_id", m.MsgID, "err", err)
+	}
+	return true
+}
+
+// advance moves one processed message (processBatch ran its helper) to the
+// queued step, or drops it when it expired (reporting true). TTL is checked
+// again right before presentation.
 func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (dropped bool) {
 	log := d.log.With("app_id", m.AppID, "msg_id", m.MsgID)
-	if m.Expired(d.now()) {
-		log.Info("expired message dropped", "step", m.Step)
-		if err := d.st.Done(ctx, m.Seq, app.CounterMessagesExpired); err != nil && !errors.Is(err, store.ErrNotFound) {
-			log.Error("cannot drop expired message", "err", err)
-		}
+	if d.dropIfExpired(ctx, m, d.now()) {
 		return true
 	}
-	if m.Step == app.StepReceived {
-		var out Output
-		if isUP {
-			out = Output{Message: m.Body} // raw, byte for byte
-		} else {
-			var err error
-			out, err = d.process(ctx, m)
-			if ctx.Err() != nil {
-				return // shutting down: resume this step at the next start
-			}
-			if err != nil {
-				log.Warn("helper failed; queueing the raw payload", "err", err)
-			}
-		}
-		if err := d.st.Processed(ctx, m.Seq, out.Message, out.Notification); err != nil {
-			log.Error("cannot record helper output", "err", err)
-			return false
-		}
-		m.Output, m.Notification = out.Message, out.Notification
-		m.Step = app.StepProcessed
-		if out.Notification == nil {
-			m.Step = app.StepQueued
-		}
-	}
 	if m.Step == app.StepProcessed {
-		// TTL is checked again right before presentation.
-		if m.Expired(d.now()) {
-			log.Info("expired message dropped before presentation")
-			_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
-			return true
-		}
 		if d.pres != nil && m.Notification != nil {
 			if err := d.pres.Present(ctx, m.AppID, m.MsgID, m.Notification); err != nil {
 				if ctx.Err() != nil {
@@ -198,13 +174,9 @@ func (d *Daemon) advance(ctx context.Context, m *store.Message, isUP bool) (drop
 	return false
 }
 
+// process runs the helper step. Helper concurrency (helper_concurrency, one
+// per app) is the Processor's to bound: helpers.Runner does.
 func (d *Daemon) process(ctx context.Context, m *store.Message) (Output, error) {
-	select {
-	case d.sem <- struct{}{}:
-	case <-ctx.Done():
-		return Output{}, ctx.Err()
-	}
-	defer func() { <-d.sem }()
 	return d.proc.Process(ctx, m.AppID, m.MsgID, d.decryptForApp(ctx, m.AppID, m.MsgID, m.Body))
 }
 
@@ -252,9 +224,7 @@ func (d *Daemon) deliverUP(ctx context.Context, appID string) (retryAt time.Time
 func (d *Daemon) deliverOneUP(ctx context.Context, bus Bus, m *store.Message) (next time.Time, wait bool) {
 	log := d.log.With("app_id", m.AppID, "msg_id", m.MsgID)
 	now := d.now()
-	if m.Expired(now) {
-		log.Info("unifiedpush message expired undelivered; dropped", "attempts", m.Attempts)
-		_ = d.st.Done(ctx, m.Seq, app.CounterMessagesExpired)
+	if d.dropIfExpired(ctx, m, now) {
 		return time.Time{}, false
 	}
 	r, ok := d.regByChannel(m.ChannelID)
