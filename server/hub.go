@@ -855,9 +855,26 @@ func (c *conn) deliver(m *Message) {
 		c.s.metrics.held.Inc()
 		return
 	}
-	// While stored messages are sent in batches, a live one waits in the
-	// store behind them (order per app); a batch not acked within
-	// AckTimeout no longer holds the drain, so neither does it hold them.
+	if m.Seq != 0 && c.draining && len(c.unacked) < maxUnacked && !c.inFlight(m.ChannelID) {
+		// A drain is on, but nothing of m's channel is in flight: m goes
+		// out at once unless the store still holds an older message of its
+		// channel (order per app), which deliverPastDrain looks up.
+		c.mu.Unlock()
+		go c.deliverPastDrain(m)
+		return
+	}
+	c.sendOrHold(m)
+}
+
+// sendOrHold sends m live, or leaves it in the store for the drain when
+// m's channel has stored messages in flight or the device has too many
+// unacknowledged. c.mu must be held; sendOrHold releases it.
+func (c *conn) sendOrHold(m *Message) {
+	r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+	// While stored messages of m's channel are sent in batches, a live one
+	// waits in the store behind them (order per app); a batch not acked
+	// within AckTimeout no longer holds the drain, so neither does it hold
+	// them. Another channel's batch does not hold it (deliverPastDrain).
 	if m.Seq != 0 && (c.draining || len(c.unacked) >= maxUnacked) {
 		c.draining = true
 		c.more = true
@@ -873,6 +890,92 @@ func (c *conn) deliver(m *Message) {
 	c.noteReceipt(r, m)
 	c.mu.Unlock()
 	c.writeNotification(m)
+}
+
+// inFlight reports whether a stored message of channel ch was sent in a
+// batch and is not acked yet. c.mu must be held.
+func (c *conn) inFlight(ch string) bool {
+	if c.batchLeft == 0 {
+		return false
+	}
+	for r, st := range c.unacked {
+		if st.batch && r.ChannelID == ch {
+			return true
+		}
+	}
+	return false
+}
+
+// maxScanPast bounds how many stored messages deliverPastDrain reads to
+// learn that m's channel has none older than m left to send; past it, m
+// waits for the drain.
+const maxScanPast = 4096
+
+// deliverPastDrain sends a live message m during a drain when its channel
+// has nothing stored before it that is not sent yet: one app's stored
+// batch the device does not ack (for up to AckTimeout) never holds
+// another app's live messages. Otherwise m stays in the store behind its
+// channel's older messages, for the drain.
+func (c *conn) deliverPastDrain(m *Message) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	c.mu.Lock()
+	after := c.cursor
+	c.mu.Unlock()
+	clear := false
+	var older []Ref
+	for scanned := 0; scanned < maxScanPast && !clear; {
+		msgs, err := c.s.store.Pending(ctx, c.uaid, after, protocol.BatchSize*4, c.s.now())
+		if err != nil {
+			c.s.log.Warn("cannot read pending messages", "err", err)
+			break
+		}
+		for _, p := range msgs {
+			if p.Seq >= m.Seq {
+				clear = true
+				break
+			}
+			if p.ChannelID == m.ChannelID {
+				older = append(older, Ref{ChannelID: p.ChannelID, Version: p.Version})
+			}
+			after = p.Seq
+		}
+		if len(msgs) < protocol.BatchSize*4 {
+			clear = true
+		}
+		scanned += len(msgs)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	r := Ref{ChannelID: m.ChannelID, Version: m.Version}
+	if _, ok := c.unacked[r]; ok {
+		c.mu.Unlock()
+		return // the drain has sent it meanwhile
+	}
+	if clear {
+		for _, o := range older {
+			if _, ok := c.unacked[o]; !ok {
+				clear = false // an older one of its channel is still to send
+				break
+			}
+		}
+	}
+	if clear && c.draining && len(c.unacked) < maxUnacked && !c.inFlight(m.ChannelID) {
+		c.markSent(r, m.Seq, false)
+		c.noteReceipt(r, m)
+		// Written before any later message of its channel the drain may
+		// read from now on (as in drain: wmu before mu is released).
+		f := c.s.encodeNotification(m)
+		c.wmu.Lock()
+		c.mu.Unlock()
+		_ = c.writeLocked(f)
+		c.wmu.Unlock()
+		return
+	}
+	c.sendOrHold(m)
 }
 
 // deliverEarly writes a message that is about to be stored to the device

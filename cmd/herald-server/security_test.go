@@ -414,3 +414,79 @@ func TestReplacedConnectionNormalClose(t *testing.T) {
 		t.Fatalf("thief's connection: %v", err)
 	}
 }
+
+// TestLiveNotHeldBehindOtherAppsDrain: app A's stored batch that the device
+// never acks (for up to --ack-timeout, 30 s here) holds neither app B's
+// live message, which arrives at once, nor breaks A's order: A's live
+// message still comes after A's stored ones.
+func TestLiveNotHeldBehindOtherAppsDrain(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "herald-server.db")
+	p := start(t, db, "--ack-timeout", "30s")
+	d := connect(t, p, "")
+	epA, epB := d.endpoint(), d.endpoint()
+	uaid := d.uaid
+	d.ws.Close()
+
+	// More than a batch stored for A while away: the drain stays on.
+	const stored = protocol.BatchSize + 5
+	for i := range stored {
+		if code := post(t, epA, fmt.Sprintf("A stored %d", i)); code != 201 {
+			t.Fatal(code)
+		}
+	}
+	d = connect(t, p, uaid)
+	var first []*protocol.Notification
+	for len(first) < protocol.BatchSize {
+		n, ok := d.recv().(*protocol.Notification)
+		if !ok {
+			t.Fatalf("got %#v, want a notification", n)
+		}
+		first = append(first, n)
+	}
+	// A's batch stays unacked. A live message for A waits behind it; the
+	// one for B must not.
+	if code := post(t, epA, "A live"); code != 201 {
+		t.Fatal(code)
+	}
+	if code := post(t, epB, "B live"); code != 201 {
+		t.Fatal(code)
+	}
+	n, ok := d.recv().(*protocol.Notification) // 10 s deadline, well below the 30 s ack timeout
+	if !ok {
+		t.Fatalf("got %#v, want B's live notification", n)
+	}
+	body, _ := n.Body()
+	if string(body) != "B live" {
+		t.Fatalf("first frame after A's unacked batch: %q, want \"B live\"", body)
+	}
+	t.Logf("A's batch of %d unacked: B's live message arrived at once", len(first))
+	d.send(&protocol.Ack{Updates: []protocol.Update{{ChannelID: n.ChannelID, Version: n.Version}}})
+
+	// Now A is acked: the rest of A's stored messages, then A's live one.
+	var got []string
+	ack := func(n *protocol.Notification) {
+		b, _ := n.Body()
+		got = append(got, string(b))
+		d.send(&protocol.Ack{Updates: []protocol.Update{{ChannelID: n.ChannelID, Version: n.Version}}})
+	}
+	for _, n := range first {
+		ack(n)
+	}
+	for len(got) < stored+1 {
+		n, ok := d.recv().(*protocol.Notification)
+		if !ok {
+			t.Fatalf("got %#v, want a notification", n)
+		}
+		ack(n)
+	}
+	d.quiet()
+	for i := range stored {
+		if got[i] != fmt.Sprintf("A stored %d", i) {
+			t.Fatalf("A's messages out of order: %q", got)
+		}
+	}
+	if got[stored] != "A live" {
+		t.Fatalf("A's live message not last: %q", got)
+	}
+	t.Logf("A's %d stored messages, then A's live one, in order", stored)
+}
