@@ -362,6 +362,10 @@ func (s *Session) connect(ctx context.Context) error {
 		return fmt.Errorf("cannot connect to push server: %w", err)
 	}
 	defer ws.Close()
+	// Reads and writes of the handshake do not watch ctx: its end closes
+	// the socket, so shutdown never waits for the server's hello.
+	stopHandshake := context.AfterFunc(ctx, func() { _ = ws.Close() })
+	defer stopHandshake()
 	ws.SetReadLimit(protocol.MaxFrameBytes)
 	uaid, channels, err := s.cfg.Handler.Hello(ctx)
 	if err != nil {
@@ -401,6 +405,9 @@ func (s *Session) connect(ctx context.Context) error {
 		if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
 			return fmt.Errorf("cannot write to push server: %w", err)
 		}
+	}
+	if !stopHandshake() {
+		return ctx.Err() // ctx ended during the handshake: the socket is closed
 	}
 	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{})}
 	s.mu.Lock()
