@@ -139,7 +139,11 @@ const maxProcFile = 64 * 1024
 // identify computes a caller's Identity from its credentials and the
 // process tree under procRoot: the AppArmor label first, then Flatpak, then
 // the systemd unit.
-func identify(procRoot string, uid, pid uint32, label string) Identity {
+//
+// A Flatpak app is one that flatpakIdentity accepts (runtimeDir is the
+// user's $XDG_RUNTIME_DIR, samePID re-checks the caller's pid on the bus);
+// anything else with a .flatpak-info is treated as unconfined.
+func identify(procRoot, runtimeDir string, uid, pid uint32, label string, samePID func() bool) Identity {
 	id := Identity{UID: uid, PID: pid, Label: strings.TrimRight(label, "\x00")}
 	if appID, src, confined := ParseAppArmorLabel(label); confined {
 		id.AppID, id.Source, id.Confined = appID, src, true
@@ -149,7 +153,7 @@ func identify(procRoot string, uid, pid uint32, label string) Identity {
 		return id
 	}
 	dir := filepath.Join(procRoot, strconv.FormatUint(uint64(pid), 10))
-	if b, err := app.ReadFile(filepath.Join(dir, "root", ".flatpak-info"), maxProcFile); err == nil {
+	if b, err := flatpakIdentity(procRoot, runtimeDir, int(pid), samePID); err == nil {
 		appID, _ := ParseFlatpakInfo(b)
 		id.AppID, id.Source, id.Confined = appID, SourceFlatpak, true
 		return id

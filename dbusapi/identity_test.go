@@ -164,15 +164,17 @@ func TestIdentify(t *testing.T) {
 		confined      bool
 	}{
 		{"apparmor wins", "com.ubuntu.music_music_1 (enforce)", flatpak, scope, "com.ubuntu.music_music", SourceAppArmor, true},
-		{"flatpak", "", flatpak, scope, "org.example.App", SourceFlatpak, true},
-		{"flatpak without app", "", "[Runtime]\nruntime=x\n", "", "", SourceFlatpak, true},
+		// A .flatpak-info at a path is no Flatpak app (no pidfd-pinned process,
+		// no instance): TestFlatpakIdentityRealSandbox has real ones.
+		{"flatpak-info by path only", "", flatpak, scope, "org.gnome.Terminal", SourceSystemd, false},
+		{"flatpak-info without app by path only", "", "[Runtime]\nruntime=x\n", "", "", SourceNone, false},
 		{"systemd scope is not confinement", "unconfined", "", scope, "org.gnome.Terminal", SourceSystemd, false},
 		{"nothing", "", "", "", "", SourceNone, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := fakeProc(t, pid, tt.fp, tt.cg)
-			id := identify(root, 1000, pid, tt.label)
+			id := identify(root, t.TempDir(), 1000, pid, tt.label, nil)
 			if id.AppID != tt.app || id.Source != tt.src || id.Confined != tt.confined || id.UID != 1000 || id.PID != pid {
 				t.Errorf("identify = %+v; want app %q source %q confined %v", id, tt.app, tt.src, tt.confined)
 			}

@@ -2,13 +2,10 @@ package dbusapi
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
@@ -190,38 +187,29 @@ func TestUnifiedPushPre03(t *testing.T) {
 	}
 }
 
-// confinedCaller runs dbus-send as a Flatpak app: the process waits on its
-// stdin until its fake /proc entry (its .flatpak-info under procRoot) is
-// written, then makes the call. It returns dbus-send's output and error.
-func confinedCaller(t *testing.T, busAddr, procRoot, appID string, method string, args ...string) (string, error) {
+// confinedCaller runs dbus-send as a Flatpak app: under real bwrap, with
+// its instance written under runtimeDir before the call. It returns
+// dbus-send's output and error.
+func confinedCaller(t *testing.T, busAddr, runtimeDir, appID string, method string, args ...string) (string, error) {
 	t.Helper()
-	script := `read go; exec dbus-send --bus="$1" --print-reply --dest=` + DistributorName + ` ` + string(DistributorPath) + ` "$2"`
-	for i := range args {
-		script += fmt.Sprintf(` "$%d"`, i+3)
-	}
-	cmd := exec.Command("sh", append([]string{"-c", script, "sh", busAddr, method}, args...)...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
+	return sandboxCall(t, busAddr, runtimeDir, appID, DistributorName, string(DistributorPath), method, args...)
+}
+
+var instances atomic.Int64
+
+// sandboxCall makes a D-Bus call with dbus-send from a real Flatpak-like
+// sandbox of appID (see startSandbox).
+func sandboxCall(t *testing.T, busAddr, runtimeDir, appID, dest, path, method string, args ...string) (string, error) {
+	t.Helper()
+	inst := strconv.FormatInt(2000+instances.Add(1), 10)
+	argv := append([]string{"dbus-send", "--bus=" + busAddr, "--print-reply", "--dest=" + dest, path, method}, args...)
+	s := startSandbox(t, flatpakInfo(appID, inst), argv...)
+	writeInstance(t, runtimeDir, inst, s.info)
+	if _, err := s.stdin.Write([]byte("go\n")); err != nil {
 		t.Fatal(err)
 	}
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(procRoot, strconv.Itoa(cmd.Process.Pid), "root")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, ".flatpak-info"), []byte("[Application]\nname="+appID+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
-	stdin.Close()
-	err = cmd.Wait()
-	return out.String(), err
+	err := s.cmd.Wait()
+	return s.out.String(), err
 }
 
 // TestUnifiedPushOwnerConfined: under require_confinement, with two real
@@ -230,7 +218,7 @@ func confinedCaller(t *testing.T, busAddr, procRoot, appID string, method string
 // do nothing; another process of the first app can unregister it.
 func TestUnifiedPushOwnerConfined(t *testing.T) {
 	root := t.TempDir()
-	e := start(t, nil, func(c *Config) { c.ProcRoot = root; c.RequireConfinement = true })
+	e := start(t, nil, func(c *Config) { c.RuntimeDir, c.ProcRoot = root, "/proc"; c.RequireConfinement = true })
 	addr := e.bus.Address
 	const app, other = "org.example.App", "org.example.Other"
 	out, err := confinedCaller(t, addr, root, app, "org.unifiedpush.Distributor1.Register", "string:"+app, "string:tok-app", "string:d")

@@ -59,6 +59,10 @@ type Config struct {
 	RequireConfinement bool
 	// ProcRoot is where caller processes are inspected ("/proc").
 	ProcRoot string
+	// RuntimeDir is the user's runtime directory, where flatpak writes its
+	// instances (.flatpak/<instance-id>/bwrapinfo.json); "" is
+	// $XDG_RUNTIME_DIR.
+	RuntimeDir string
 	// CallTimeout bounds each Backend call and each connector call
 	// (DefaultCallTimeout when zero).
 	CallTimeout time.Duration
@@ -120,6 +124,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
+	}
+	if cfg.RuntimeDir == "" {
+		cfg.RuntimeDir = os.Getenv("XDG_RUNTIME_DIR")
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = DefaultCallTimeout
@@ -325,7 +332,15 @@ func (s *Service) callerIdentity(ctx context.Context, sender string) (Identity, 
 	if b, ok := creds["LinuxSecurityLabel"].Value().([]byte); ok {
 		label = string(b)
 	}
-	id := identify(s.cfg.ProcRoot, uid, pid, label)
+	samePID := func() bool {
+		var again map[string]dbus.Variant
+		if bus.CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionCredentials", 0, sender).Store(&again) != nil {
+			return false
+		}
+		p, _ := again["ProcessID"].Value().(uint32)
+		return p == pid
+	}
+	id := identify(s.cfg.ProcRoot, s.cfg.RuntimeDir, uid, pid, label, samePID)
 	var has bool
 	if err := bus.CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, sender).Store(&has); err != nil {
 		return Identity{}, fmt.Errorf("cannot check caller %s: %w", sender, err)

@@ -263,25 +263,26 @@ func TestUnifiedPushRegisterChecks(t *testing.T) {
 	}
 }
 
-// TestConfinedCaller fakes a Flatpak sandbox for this test process (the
-// caller) through ProcRoot.
+// TestConfinedCaller: a real Flatpak-like sandbox (bwrap, with its
+// instance) of org.example.App may act for its app only.
 func TestConfinedCaller(t *testing.T) {
-	root := fakeProc(t, os.Getpid(), "[Application]\nname=org.example.App\n", "")
-	e := start(t, nil, func(c *Config) { c.ProcRoot = root })
-	own := e.call(t, "com.lomiri.PushNotifications", "/com/lomiri/PushNotifications/org_2eexample_2eApp", "com.lomiri.PushNotifications.Register", "org.example.App")
-	if own.Err != nil {
-		t.Errorf("confined app registering itself: %v", own.Err)
+	runtimeDir := t.TempDir()
+	e := start(t, nil, func(c *Config) { c.RuntimeDir, c.ProcRoot = runtimeDir, "/proc" })
+	call := func(dest, path, method string, args ...string) (string, error) {
+		return sandboxCall(t, e.bus.Address, runtimeDir, "org.example.App", dest, path, method, args...)
 	}
-	other := e.call(t, "com.lomiri.PushNotifications", "/com/lomiri/PushNotifications/org_2eexample_2eOther", "com.lomiri.PushNotifications.Register", "org.example.Other")
-	if dbusErrName(other.Err) != "com.lomiri.PushNotifications.Error.AccessDenied" || !strings.Contains(dbusErrMsg(other.Err), "org.example.App") {
-		t.Errorf("confined app acting for another: %v", other.Err)
+	if out, err := call("com.lomiri.PushNotifications", "/com/lomiri/PushNotifications/org_2eexample_2eApp", "com.lomiri.PushNotifications.Register", "string:org.example.App"); err != nil {
+		t.Errorf("confined app registering itself: %v\n%s", err, out)
 	}
-	var result, reason string
-	if err := e.call(t, DistributorName, DistributorPath, "org.unifiedpush.Distributor1.Register", "org.example.App", "t1", "d").Store(&result, &reason); err != nil || result != "REGISTRATION_SUCCEEDED" {
-		t.Errorf("flatpak registering its own service: %q %q %v", result, reason, err)
+	out, err := call("com.lomiri.PushNotifications", "/com/lomiri/PushNotifications/org_2eexample_2eOther", "com.lomiri.PushNotifications.Register", "string:org.example.Other")
+	if err == nil || !strings.Contains(out, "com.lomiri.PushNotifications.Error.AccessDenied") || !strings.Contains(out, "org.example.App") {
+		t.Errorf("confined app acting for another: %v\n%s", err, out)
 	}
-	if err := e.call(t, DistributorName, DistributorPath, "org.unifiedpush.Distributor1.Register", "org.evil.Other", "t2", "d").Store(&result, &reason); err != nil || reason != "UNAUTHORIZED" {
-		t.Errorf("flatpak registering another service: %q %q %v", result, reason, err)
+	if out, err := call(DistributorName, string(DistributorPath), "org.unifiedpush.Distributor1.Register", "string:org.example.App", "string:t1", "string:d"); err != nil || !strings.Contains(out, "REGISTRATION_SUCCEEDED") {
+		t.Errorf("flatpak registering its own service: %v\n%s", err, out)
+	}
+	if out, err := call(DistributorName, string(DistributorPath), "org.unifiedpush.Distributor1.Register", "string:org.evil.Other", "string:t2", "string:d"); err != nil || !strings.Contains(out, "UNAUTHORIZED") {
+		t.Errorf("flatpak registering another service: %v\n%s", err, out)
 	}
 	e.backend.mu.Lock()
 	regs := e.backend.upRegs
@@ -289,8 +290,8 @@ func TestConfinedCaller(t *testing.T) {
 	if len(regs) != 1 || regs[0].AppID != "org.example.App" {
 		t.Errorf("backend registrations %+v", regs)
 	}
-	if err := e.call(t, DaemonName, DaemonPath, DaemonIface+".Counters").Err; dbusErrName(err) != "org.herald.Daemon1.Error.AccessDenied" {
-		t.Errorf("confined app on management interface: %v", err)
+	if out, err := call(DaemonName, string(DaemonPath), DaemonIface+".Counters"); err == nil || !strings.Contains(out, "org.herald.Daemon1.Error.AccessDenied") {
+		t.Errorf("confined app on management interface: %v\n%s", err, out)
 	}
 }
 

@@ -20,6 +20,8 @@ test | demo)
 	want Xvfb xvfb
 	want node nodejs
 	want npm npm
+	# Real sandboxes (new mount and pid namespaces) for the Flatpak identity tests.
+	want bwrap bubblewrap
 	# The real Debian Lomiri parts the Lomiri platform tests run on private buses.
 	want gsettings libglib2.0-bin
 	want dconf dconf-cli
