@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldpush/herald/internal/pgtest"
 	"github.com/heraldpush/herald/protocol"
 )
 
@@ -128,4 +129,64 @@ func TestSQLiteMigratesOldSchema(t *testing.T) {
 		t.Fatalf("IdleDevices = %v, %v", got, err)
 	}
 	testStoreBounds(t, st)
+}
+
+// A database from before Lomiri devices had device rows: their channels
+// ("L:<device id>") get a row at the upgrade, seen then, so they are
+// idle-collected like others. SQLite and PostgreSQL (migration 5).
+func TestLomiriDevicesUpgrade(t *testing.T) {
+	ctx := context.Background()
+	check := func(t *testing.T, st Store) {
+		t.Helper()
+		uaid := LomiriUAIDPrefix + "OLD"
+		if known, err := st.HasDevice(ctx, uaid); err != nil || !known {
+			t.Fatalf("HasDevice(%s) after the upgrade = %v, %v", uaid, known, err)
+		}
+		if got, err := st.IdleDevices(ctx, time.Now().Add(-time.Hour), 10); err != nil || len(got) != 0 {
+			t.Fatalf("IdleDevices an hour before the upgrade = %v, %v", got, err)
+		}
+		got, err := st.IdleDevices(ctx, time.Now().Add(time.Hour), 10)
+		if err != nil || !slices.Equal(got, []string{uaid}) {
+			t.Fatalf("IdleDevices an hour after = %v, %v", got, err)
+		}
+		if n, err := st.DeleteDevices(ctx, got, time.Now().Add(time.Hour)); err != nil || n != 1 {
+			t.Fatalf("DeleteDevices = %d, %v", n, err)
+		}
+		if _, err := st.Channel(ctx, "tok-old"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("channel of the deleted Lomiri device: %v", err)
+		}
+	}
+	// Register alone makes no device row: the old /register.
+	old := Channel{Token: "tok-old", UAID: LomiriUAIDPrefix + "OLD", ChannelID: "com.example.app_app"}
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "s.db")
+		st, stop := runStore(t, path)
+		if _, err := st.Register(ctx, old, 0); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		st, _ = runStore(t, path)
+		check(t, st)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := pgtest.Database(t)
+		st, err := OpenPostgres(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Register(ctx, old, 0); err != nil {
+			t.Fatal(err)
+		}
+		// Back to schema 4: migration 5 runs again at the next open.
+		if _, err := st.pool.Exec(ctx, `DELETE FROM herald_schema WHERE version = 5`); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		st, err = OpenPostgres(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		check(t, st)
+	})
 }

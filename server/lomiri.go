@@ -263,6 +263,13 @@ func (c *lconn) run() {
 	c.uaid = LomiriUAIDPrefix + cm.DeviceId
 	c.info = cm.Info
 	c.levels = cm.Levels
+	// A registered device (it has a row since /register) is seen now; a
+	// connect alone makes no row, so unknown device ids cost no storage.
+	if known, err := s.store.HasDevice(context.Background(), c.uaid); err == nil && known {
+		if err := s.store.AddDevice(context.Background(), c.uaid, s.now()); err != nil {
+			s.log.Warn("cannot mark lomiri device as seen", "err", err)
+		}
+	}
 	old, ok := s.lomiri.attach(c)
 	if !ok {
 		return

@@ -127,6 +127,13 @@ func (s *Server) handleLomiriRegister(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// The device row makes a Lomiri device idle-collected like a
+	// websocket one (DeviceIdle): /register and each connect mark it seen.
+	if err := s.store.AddDevice(r.Context(), LomiriUAIDPrefix+ids.DeviceID, s.now()); err != nil {
+		s.log.Error("cannot add lomiri device", "err", err)
+		notifyFail(w, newNotifyError(503, "unavailable", "Could not make token"))
+		return
+	}
 	ch, err := s.store.Register(r.Context(), Channel{Token: newToken(), UAID: LomiriUAIDPrefix + ids.DeviceID, ChannelID: ids.AppID}, s.cfg.MaxChannels)
 	if errors.Is(err, ErrTooManyChannels) {
 		s.metrics.refused.WithLabelValues("channels_per_device").Inc()

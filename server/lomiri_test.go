@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -452,5 +453,47 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met within 20 s")
 		}
+	}
+}
+
+// TestLomiriIdleDeviceDeleted: a Lomiri device (channels "L:<device id>"
+// from /register) away for longer than DeviceIdle is deleted with its
+// channels and messages, like a websocket device; a connected one is kept.
+// It runs on SQLite and, in TestOnPostgres, on PostgreSQL.
+func TestLomiriIdleDeviceDeleted(t *testing.T) {
+	ts, addr, cert := startLomiri(t, func(c *Config) { c.DeviceIdle = 24 * time.Hour })
+	ctx := context.Background()
+	const app = "com.example.app_app"
+	idleTok := ts.lomiriRegister("IDLE", app)
+	if st, out := ts.postJSON("/notify", map[string]any{"token": idleTok, "appid": app, "expire_on": time.Now().Add(72 * time.Hour).UTC().Format(time.RFC3339), "data": map[string]string{"m": "1"}}); st != 200 {
+		t.Fatalf("/notify = %d %v", st, out)
+	}
+	if n := ts.pending(LomiriUAIDPrefix + "IDLE"); n != 1 {
+		t.Fatalf("%d messages stored for IDLE, want 1", n)
+	}
+	busyTok := ts.lomiriRegister("BUSY", app)
+	d := dialLomiri(t, addr, cert)
+	d.connect("BUSY", nil, nil)
+
+	ts.srv.sweepDevices(ctx, ts.clock.Now().Add(23*time.Hour))
+	if _, err := ts.srv.store.Channel(ctx, idleTok); err != nil {
+		t.Fatalf("channel of a device away 23 h (idle after 24 h): %v", err)
+	}
+	ts.clock.Advance(25 * time.Hour)
+	ts.srv.sweepDevices(ctx, ts.clock.Now())
+	if _, err := ts.srv.store.Channel(ctx, idleTok); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("channel of a device away 25 h: %v, want ErrNotFound", err)
+	}
+	if n := ts.pending(LomiriUAIDPrefix + "IDLE"); n != 0 {
+		t.Errorf("%d messages of the deleted device left", n)
+	}
+	if known, err := ts.srv.store.HasDevice(ctx, LomiriUAIDPrefix+"IDLE"); err != nil || known {
+		t.Errorf("HasDevice(L:IDLE) = %v, %v after the sweep", known, err)
+	}
+	if _, err := ts.srv.store.Channel(ctx, busyTok); err != nil {
+		t.Fatalf("channel of the connected device: %v", err)
+	}
+	if again := ts.lomiriRegister("IDLE", app); again == idleTok {
+		t.Error("the deleted device's token came back")
 	}
 }

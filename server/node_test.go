@@ -45,6 +45,7 @@ func TestOnPostgres(t *testing.T) {
 		{"LomiriUnackedRedelivered", TestLomiriUnackedRedelivered},
 		{"LomiriPendingLimitReplaceClear", TestLomiriPendingLimitReplaceClear},
 		{"LomiriBroadcast", TestLomiriBroadcast},
+		{"LomiriIdleDeviceDeleted", TestLomiriIdleDeviceDeleted},
 	} {
 		t.Run(tc.name, tc.fn)
 	}

@@ -101,6 +101,12 @@ var pgMigrations = []string{
 		PRIMARY KEY (uaid, chid, version)
 	);
 	CREATE INDEX receipt_watches_expiry ON receipt_watches (expiry);`,
+	// 5: Lomiri devices (channels of uaid "L:<device id>" from /register)
+	// get device rows, seen at the upgrade, so idle ones are deleted too.
+	`INSERT INTO devices (uaid, created, seen)
+	SELECT DISTINCT uaid, (extract(epoch FROM now()) * 1000)::bigint, (extract(epoch FROM now()) * 1000)::bigint
+	FROM channels WHERE uaid LIKE 'L:%'
+	ON CONFLICT (uaid) DO NOTHING;`,
 }
 
 // PostgresStore is the Store of any number of server nodes sharing one

@@ -456,7 +456,7 @@ func (s *Server) sweepDevices(ctx context.Context, now time.Time) {
 // connected reports whether uaid has a websocket on this node or, with
 // several nodes, a route to another one.
 func (s *Server) connected(ctx context.Context, uaid string) bool {
-	if s.hub.get(uaid) != nil {
+	if s.hub.get(uaid) != nil || s.lomiri.get(uaid) != nil {
 		return true
 	}
 	if s.node == nil {

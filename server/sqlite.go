@@ -104,9 +104,19 @@ func migrate(db *sql.DB, now time.Time) error {
 			return err
 		}
 	}
-	_, err := db.Exec(indexes)
+	if _, err := db.Exec(indexes); err != nil {
+		return err
+	}
+	// Lomiri devices registered before they had device rows get one, seen
+	// at the upgrade, so that idle ones are deleted like others.
+	_, err := db.Exec(lomiriDevices, ms(now), LomiriUAIDPrefix+"%")
 	return err
 }
+
+// lomiriDevices adds the missing device rows of Lomiri devices' channels.
+const lomiriDevices = `INSERT OR IGNORE INTO devices (uaid, created, seen)
+	SELECT DISTINCT uaid, ?1, ?1 FROM channels WHERE uaid LIKE ?2
+	AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.uaid = channels.uaid)`
 
 // SQLiteStore is the Store of a single server: one sqlite file in WAL mode,
 // written by one goroutine (Run) that group-commits batches of operations.
