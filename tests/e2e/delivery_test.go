@@ -79,4 +79,3 @@ func TestConnectorTwoInstances(t *testing.T) {
 		t.Errorf("misrouted %d of %d messages; %d distinct (want 0 and 50)", misrouted, len(recs), len(seen))
 	}
 }
-
