@@ -44,6 +44,7 @@ type owned struct {
 	workers  map[string]*worker            // app id → worker state
 	deferred map[string]bool               // apps whose kick waits for the end of a burst
 	flushing *time.Timer                   // ends the current burst
+	burstN   int                           // messages of the current burst (draining batches)
 	stopped  bool                          // Run is ending: start no worker
 }
 
@@ -140,13 +141,20 @@ func (d *Daemon) schedule(apps []string, draining bool) {
 		for _, a := range apps {
 			o.deferred[a] = true
 		}
+		quiet := burstQuiet
+		if draining {
+			o.burstN += len(apps)
+		}
+		if o.burstN >= longBurst {
+			quiet = drainQuiet
+		}
 		switch {
 		case o.flushing == nil:
-			o.flushing = time.AfterFunc(burstQuiet, func() { d.send(d.flushDeferred) })
+			o.flushing = time.AfterFunc(quiet, func() { d.send(d.flushDeferred) })
 		case draining:
 			// Only further full batches extend a burst, so a steady stream
 			// of live messages cannot hold the pipeline back.
-			o.flushing.Reset(burstQuiet)
+			o.flushing.Reset(quiet)
 		}
 	})
 }
@@ -155,6 +163,7 @@ func (d *Daemon) schedule(apps []string, draining bool) {
 func (d *Daemon) flushDeferred(o *owned) {
 	apps := o.deferred
 	o.deferred = nil
+	o.burstN = 0
 	if o.flushing != nil {
 		o.flushing.Stop()
 		o.flushing = nil

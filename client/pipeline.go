@@ -20,13 +20,20 @@ const (
 )
 
 // burstQuiet is how long after the last batch of a burst of stored
-// messages the pipeline starts on them. A reconnect drain arrives in batches
-// of 100 whose gaps, on a loaded machine, exceed tens of milliseconds; a
-// pipeline started in such a gap competes with the drain for the CPU and the
-// store (perf of a 10,000-message drain: the pipeline took 22 % of heraldd,
-// taking in and acking 8 %). Live messages are not deferred by it unless
-// a burst is being deferred anyway.
-const burstQuiet = 250 * time.Millisecond
+// messages the pipeline starts on them.
+const burstQuiet = 20 * time.Millisecond
+
+// A long burst (a reconnect drain of more than longBurst messages) waits
+// drainQuiet instead: its batches of 100 come with gaps that, on a loaded
+// machine, exceed tens of milliseconds, and a pipeline started in such a gap
+// competes with the drain for the CPU and the store (perf of a
+// 10,000-message drain: the pipeline took 22 % of heraldd, taking in and
+// acking 8 %). A short burst — live messages read together because heraldd
+// fell behind — keeps burstQuiet, so it does not hold their latency.
+const (
+	longBurst  = 500
+	drainQuiet = 250 * time.Millisecond
+)
 
 // pass handles what appID's inbox holds now. It returns when a queued
 // UnifiedPush message must be delivered again later.
