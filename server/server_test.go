@@ -523,6 +523,16 @@ func TestNotify(t *testing.T) {
 		t.Errorf("delivered %q", b)
 	}
 	d.ack(n)
+	// The ack's deletion is not synchronous with the next /notify (on
+	// PostgreSQL it commits asynchronously): wait until it is gone, or the
+	// limit below would count it.
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.pending(d.uaid) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the acked message is still pending after 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	d.ws.Close()
 
 	// Pending limit, replace_tag and clear_pending.
