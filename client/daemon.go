@@ -489,8 +489,9 @@ func (d *Daemon) Receive(ctx context.Context, b push.Batch) []error {
 	now := d.now()
 	var in []store.Incoming
 	var idx []int
+	regs := d.regsByChannel(b.Messages)
 	for i, m := range b.Messages {
-		r, ok := d.regByChannel(m.ChannelID)
+		r, ok := regs[i], regs[i].ChannelID != ""
 		if !ok || r.Backend != b.Backend {
 			d.log.Info("message for an unknown channel dropped", "backend", b.Backend, "channel_id", m.ChannelID)
 			res[i] = push.ErrUnknownChannel

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/heraldpush/herald/app"
+	"github.com/heraldpush/herald/client/push"
 	"github.com/heraldpush/herald/client/store"
 )
 
@@ -287,6 +288,18 @@ func (d *Daemon) putReg(r store.Registration) {
 func (d *Daemon) dropReg(channelID string) {
 	d.ask(func(o *owned) { delete(o.regs, channelID) })
 	d.updateWanted()
+}
+
+// regsByChannel returns the registration of each message's channel (the
+// zero Registration when none), asking the loop once for a whole batch.
+func (d *Daemon) regsByChannel(msgs []push.Message) []store.Registration {
+	out := make([]store.Registration, len(msgs))
+	d.ask(func(o *owned) {
+		for i, m := range msgs {
+			out[i] = o.regs[m.ChannelID]
+		}
+	})
+	return out
 }
 
 func (d *Daemon) regByChannel(channelID string) (store.Registration, bool) {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -66,5 +67,51 @@ func TestInboxBounds(t *testing.T) {
 	}
 	if n, err := s.SweepExpired(ctx, now.Add(time.Second)); err != nil || n != 1 {
 		t.Fatalf("SweepExpired = %d, %v", n, err)
+	}
+}
+
+// A batch for several apps bounds each app that went over its cap, and only
+// those; an app's expired queued messages go before unexpired ones.
+func TestInboxBoundsBatch(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "herald.db"), Options{Synchronous: "NORMAL", MaxInbox: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	now := time.Now()
+	in := func(appID, id string, exp time.Time) Incoming {
+		return Incoming{MsgID: appID + id, AppID: appID, ChannelID: appID, Version: id, Body: []byte(id), Received: now, Expires: exp}
+	}
+	// a: one expired queued message and one unexpired; b: two messages.
+	if _, err := s.Receive(ctx, []Incoming{in("a", "old", now.Add(-time.Second)), in("a", "1", time.Time{}), in("b", "1", time.Time{}), in("b", "2", time.Time{})}); err != nil {
+		t.Fatal(err)
+	}
+	ms, _ := s.Inbox(ctx, "a")
+	if err := s.Processed(ctx, ms[0].Seq, []byte("out"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// a gets 2 more (4 > 3: its expired queued one goes), b gets 2 more (4
+	// > 3: its oldest goes), c gets 1.
+	if _, err := s.Receive(ctx, []Incoming{in("a", "2", time.Time{}), in("b", "3", time.Time{}), in("c", "1", time.Time{}), in("a", "3", time.Time{}), in("b", "4", time.Time{})}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"a": {"a1", "a2", "a3"}, "b": {"b2", "b3", "b4"}, "c": {"c1"}}
+	for appID, ids := range want {
+		ms, err := s.Inbox(ctx, appID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range ms {
+			got = append(got, m.MsgID)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(ids) {
+			t.Errorf("inbox of %s = %v, want %v", appID, got, ids)
+		}
+	}
+	c, _ := s.Counters(ctx)
+	if c[string(app.CounterInboxFull)] != 1 || c[string(app.CounterMessagesExpired)] != 1 || c[string(app.CounterMessagesReceived)] != 9 {
+		t.Errorf("counters %v; want 1 dropped (b1), 1 expired (a's old), 9 received", c)
 	}
 }

@@ -3,9 +3,11 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/heraldpush/herald/app"
@@ -53,20 +55,12 @@ func (m *Message) Expired(now time.Time) bool {
 func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err error) {
 	dup = make([]bool, len(msgs))
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		seen, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO seen(channel_id, version, received) VALUES(?, ?, ?)")
-		if err != nil {
-			return err
-		}
-		defer seen.Close()
-		ins, err := tx.PrepareContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')")
-		if err != nil {
-			return err
-		}
-		defer ins.Close()
+		// Statements without Prepare: the connection's statement cache
+		// keeps them prepared across batches.
 		n := 0
-		apps := map[string]bool{}
+		var apps []string
 		for i, m := range msgs {
-			res, err := seen.ExecContext(ctx, m.ChannelID, m.Version, unixMilli(m.Received))
+			res, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO seen(channel_id, version, received) VALUES(?, ?, ?)", m.ChannelID, m.Version, unixMilli(m.Received))
 			if err != nil {
 				return err
 			}
@@ -74,20 +68,16 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 				dup[i] = true
 				continue
 			}
-			body := m.Body
-			if body == nil {
-				body = []byte{}
-			}
-			if _, err := ins.ExecContext(ctx, m.MsgID, m.AppID, m.ChannelID, m.Version, body, unixMilli(m.Received), unixMilli(m.Expires)); err != nil {
+			if _, err := tx.ExecContext(ctx, insertInboxSQL, m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires)); err != nil {
 				return err
 			}
-			apps[m.AppID] = true
+			if !slices.Contains(apps, m.AppID) {
+				apps = append(apps, m.AppID)
+			}
 			n++
 		}
-		for appID := range apps {
-			if err := s.bound(ctx, tx, appID, msgs[0].Received); err != nil {
-				return err
-			}
+		if err := s.boundApps(ctx, tx, apps, msgs[0].Received); err != nil {
+			return err
 		}
 		if n > 0 {
 			if _, err := tx.ExecContext(ctx, incrSQL, app.CounterMessagesReceived, n); err != nil {
@@ -107,10 +97,12 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 	return dup, nil
 }
 
+const insertInboxSQL = "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')"
+
 // Post stores a message that did not come from the server (Postal.Post).
 func (s *Store) Post(ctx context.Context, m Incoming) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "INSERT INTO inbox(msg_id, app_id, channel_id, version, body, received, expires, step) VALUES(?,?,?,?,?,?,?,'received')",
+		_, err := tx.ExecContext(ctx, insertInboxSQL,
 			m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires))
 		if err != nil {
 			return err
@@ -119,6 +111,47 @@ func (s *Store) Post(ctx context.Context, m Incoming) error {
 	})
 	if err != nil {
 		return fmt.Errorf("cannot store posted message for %q: %w", m.AppID, err)
+	}
+	return nil
+}
+
+// boundApps keeps the inboxes of apps within their cap after a batch of
+// new messages (see bound). One query finds the apps over the cap; only
+// they are bounded. An app within its cap keeps its expired queued messages
+// until it takes them (PopAll drops them) or the next start sweeps them:
+// bound deletes them first, so they never cost an unexpired message.
+func (s *Store) boundApps(ctx context.Context, tx *sql.Tx, apps []string, now time.Time) error {
+	if len(apps) == 0 {
+		return nil
+	}
+	if len(apps) == 1 {
+		return s.bound(ctx, tx, apps[0], now)
+	}
+	list, err := json.Marshal(apps)
+	if err != nil {
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT app_id FROM inbox WHERE app_id IN (SELECT value FROM json_each(?)) GROUP BY app_id HAVING count(*) > ?", string(list), s.maxInbox)
+	if err != nil {
+		return err
+	}
+	var over []string
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			rows.Close()
+			return err
+		}
+		over = append(over, a)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, a := range over {
+		if err := s.bound(ctx, tx, a, now); err != nil {
+			return err
+		}
 	}
 	return nil
 }

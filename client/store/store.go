@@ -152,6 +152,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		q.Set("_synchronous", sync)
 		q.Set("_txlock", "immediate")
 		q.Set("_foreign_keys", "on")
+		// Prepared statements are kept per connection: the inbox's hot
+		// statements are not compiled again for every message or batch.
+		q.Set("_stmt_cache_size", "32")
 		db, err := sql.Open("sqlite3", "file:"+url.PathEscape(path)+"?"+q.Encode())
 		if err != nil {
 			return nil, fmt.Errorf("cannot open state database %q: %w", path, err)

@@ -79,9 +79,14 @@ Flags:
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, cfg, logger); err != nil {
+	err = run(ctx, cfg, logger)
+	stopProfiles()
+	if err != nil {
 		logger.Error("heraldd failed", "err", err)
 		fmt.Fprintln(os.Stderr, "heraldd:", err)
 		os.Exit(1)
 	}
 }
+
+// stopProfiles ends the profiles a build with -tags pprof started (profile.go).
+var stopProfiles = func() {}

@@ -304,7 +304,7 @@ func benchWireBytes(ctx context.Context, env *Env) ([]Result, error) {
 // the time until every message is in its inbox.
 func benchReconnectDrain(ctx context.Context, env *Env) ([]Result, error) {
 	const apps, per = 100, 100
-	r, err := startDaemonRig(ctx, env, false)
+	r, err := startDaemonRig(ctx, env, false, env.daemonProfileEnv("reconnect_drain")...)
 	if err != nil {
 		return nil, err
 	}
@@ -371,6 +371,9 @@ func benchReconnectDrain(ctx context.Context, env *Env) ([]Result, error) {
 	// CPU is steadier than the wall clock on a shared machine.
 	srvCPU1, _ := procCPU(r.srv.Pid())
 	dCPU, _ := procCPU(r.daemon.Pid())
+	if env.DaemonProfile != "" {
+		_ = r.daemon.Stop(10 * time.Second) // a clean exit writes the profile
+	}
 	return []Result{{Name: "reconnect_drain_10k_s", Label: "reconnect drain of 10k messages", Value: secs, Unit: "s", Target: 1, Lower: true,
 		Note: fmt.Sprintf("from heraldd start (process start included) until 10,000 stored messages are in its inbox (Counters, polled every 10 ms); CPU: heraldd %.2f s (start-up included), herald-server %.2f s",
 			dCPU.Seconds(), (srvCPU1 - srvCPU0).Seconds())}}, nil

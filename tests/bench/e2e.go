@@ -42,7 +42,7 @@ func benchE2ELatency(ctx context.Context, env *Env) ([]Result, error) {
 		return nil, err
 	}
 	defer srv.Kill()
-	d, err := harness.StartDaemon(filepath.Join(env.Bin, "heraldd"), filepath.Join(env.Tmp, "home"), bus.Address, srv.URL(), nil)
+	d, err := harness.StartDaemon(filepath.Join(env.Bin, "heraldd"), filepath.Join(env.Tmp, "home"), bus.Address, srv.URL(), env.daemonProfileEnv("e2e_latency"))
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +126,9 @@ func benchE2ELatency(ctx context.Context, env *Env) ([]Result, error) {
 		}
 	}
 	wg.Wait()
+	if env.DaemonProfile != "" {
+		_ = d.Stop(10 * time.Second) // a clean exit writes the profile
+	}
 	if postErr != nil {
 		return nil, postErr
 	}

@@ -1,7 +1,7 @@
 // Command bench measures the figures of DESIGN §9 and prints them beside
 // their targets. It writes the same figures to bench-results.json.
 //
-// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...] [-cpuprofile FILE]
+// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...] [-cpuprofile FILE] [-daemon-profile DIR]
 package main
 
 import (
@@ -36,6 +36,22 @@ type Env struct {
 	// CPUProfile, when set, is where server_throughput writes a CPU profile
 	// of herald-server taken in the middle of its window.
 	CPUProfile string
+	// DaemonProfile, when set, is a directory where reconnect_drain and
+	// e2e_latency have heraldd (built with -tags pprof) write a CPU profile
+	// and an execution trace of its run (NAME.cpu.prof, NAME.trace).
+	DaemonProfile string
+}
+
+// daemonProfileEnv is the environment that makes a heraldd built with -tags
+// pprof profile its run for figure name (none without -daemon-profile).
+func (e *Env) daemonProfileEnv(name string) []string {
+	if e.DaemonProfile == "" {
+		return nil
+	}
+	return []string{
+		"HERALDD_CPUPROFILE=" + filepath.Join(e.DaemonProfile, name+".cpu.prof"),
+		"HERALDD_TRACE=" + filepath.Join(e.DaemonProfile, name+".trace"),
+	}
 }
 
 // Logf prints a progress line on stderr.
@@ -72,22 +88,28 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the figures as JSON")
 	only := flag.String("only", "", "comma-separated figure names to run (default all)")
 	prof := flag.String("cpuprofile", "", "write a CPU profile of herald-server under the throughput load to this file")
+	dprof := flag.String("daemon-profile", "", "`DIR` where reconnect_drain and e2e_latency write a CPU profile and a trace of heraldd (build it with -tags pprof)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *bin, *out, *only, *prof); err != nil {
+	if err := run(ctx, *bin, *out, *only, *prof, *dprof); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin, out, only, prof string) error {
+func run(ctx context.Context, bin, out, only, prof, dprof string) error {
 	absBin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
 	}
 	if prof != "" {
 		if prof, err = filepath.Abs(prof); err != nil {
+			return err
+		}
+	}
+	if dprof != "" {
+		if dprof, err = filepath.Abs(dprof); err != nil {
 			return err
 		}
 	}
@@ -111,7 +133,7 @@ func run(ctx context.Context, bin, out, only, prof string) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		env := &Env{Bin: absBin, Tmp: dir, CPUProfile: prof}
+		env := &Env{Bin: absBin, Tmp: dir, CPUProfile: prof, DaemonProfile: dprof}
 		start := time.Now()
 		env.Logf("%s: running", f.name)
 		rs, err := f.run(ctx, env)
