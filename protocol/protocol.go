@@ -68,6 +68,9 @@ const (
 	TypeAppAck = "app_ack"
 	// TypeBatch (Herald extension ExtBatch): C→S Size, S→C Size and Status.
 	TypeBatch = "batch"
+	// TypeCompact (Herald extension ExtCompact): C→S asks for compact
+	// frames, S→C Status.
+	TypeCompact = "compact"
 )
 
 // Herald extensions a server names in its hello reply (Hello.Extensions).
@@ -86,6 +89,13 @@ const (
 	// instead of all of it. Without it, BatchSize at a time, the next after
 	// every ack (Mozilla's server and Firefox).
 	ExtBatch = "batch"
+	// ExtCompact: notifications and acks as compact binary frames (see
+	// DecodeCompact) instead of JSON text. The device asks with a "compact"
+	// frame after the hello reply and acks in compact frames from then on;
+	// the server sends notifications as compact frames once it has read the
+	// request (JSON ones written before it may still arrive). Without it,
+	// JSON text frames only (Mozilla's server closes on a binary frame).
+	ExtCompact = "compact"
 )
 
 // MaxBatchSize is the largest stored batch a device may ask for (ExtBatch).
@@ -157,6 +167,12 @@ type Batch struct {
 	Status int `json:"status,omitempty"`
 }
 
+// Compact (ExtCompact) asks for compact frames (C→S, no fields); the server
+// answers with Status.
+type Compact struct {
+	Status int `json:"status,omitempty"`
+}
+
 // AppAck (ExtAppAck) reports messages that the apps have taken.
 type AppAck struct {
 	Updates []Update `json:"updates"`
@@ -224,6 +240,7 @@ func (*Nack) Type() string         { return TypeNack }
 func (*Ping) Type() string         { return TypePing }
 func (*Urgency) Type() string      { return TypeUrgency }
 func (*Batch) Type() string        { return TypeBatch }
+func (*Compact) Type() string      { return TypeCompact }
 func (*AppAck) Type() string       { return TypeAppAck }
 func (u *Unknown) Type() string    { return u.MessageType }
 
@@ -274,6 +291,8 @@ func Decode(frame []byte) (Message, error) {
 		m = &AppAck{}
 	case TypeBatch:
 		m = &Batch{}
+	case TypeCompact:
+		m = &Compact{}
 	case TypePing:
 		return &Ping{}, nil
 	case "":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/heraldpush/herald/protocol"
 )
@@ -13,6 +14,27 @@ import (
 // are encoded and decoded here without reflection. Each produces exactly
 // what protocol.Encode and protocol.Decode would (the fuzz targets check it);
 // anything outside the common shape goes to the protocol package.
+
+// encodeNotification returns the notification frame of m for c.
+func (c *conn) encodeNotification(m *Message) []byte {
+	return c.appendNotification(nil, m)
+}
+
+// appendNotification appends the notification frame of m for c: compact
+// (binary) once the device has asked for it (extension "compact"), else
+// JSON. Both are at most the JSON frame's length (Server.fitsFrame).
+func (c *conn) appendNotification(b []byte, m *Message) []byte {
+	var ttl int64
+	if d := m.Expiry.Sub(c.s.now()); d > 0 {
+		ttl = int64((d + time.Second - 1) / time.Second)
+	}
+	if c.compact.Load() {
+		if out, ok := protocol.AppendCompactNotification(b, m.ChannelID, m.Version, m.Data, m.Headers, ttl); ok {
+			return out
+		}
+	}
+	return appendNotification(b, m.ChannelID, m.Version, m.Data, m.Headers, ttl)
+}
 
 // appendNotification appends the frame protocol.Encode writes for n.
 func appendNotification(b []byte, chid, version string, data []byte, headers map[string]string, ttl int64) []byte {

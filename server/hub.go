@@ -139,6 +139,10 @@ type conn struct {
 	ip      string                // client address, counted in Server.wsConns
 
 	wmu sync.Mutex // serialises writes to ws
+	// compact is set once the device has asked for compact frames
+	// (extension "compact"): notifications are written, and acks read, as
+	// binary frames (frames.go).
+	compact atomic.Bool
 
 	drainMu sync.Mutex // serialises drain (reader goroutine and ack timer)
 
@@ -184,7 +188,7 @@ type earlyMsg struct {
 
 // heraldExtensions are the Herald extensions the server names in its hello
 // reply (protocol.Hello.Extensions).
-var heraldExtensions = []string{protocol.ExtUrgency, protocol.ExtAppAck, protocol.ExtBatch}
+var heraldExtensions = []string{protocol.ExtUrgency, protocol.ExtAppAck, protocol.ExtBatch, protocol.ExtCompact}
 
 // held reports whether m waits for the device to want lower urgencies.
 // c.mu must be held.
@@ -437,12 +441,17 @@ func (c *conn) handleNext(ctx context.Context) (done bool) {
 		return true
 	}
 	c.extendDeadline()
-	if typ != websocket.TextMessage {
+	var m protocol.Message
+	if typ == websocket.BinaryMessage && c.compact.Load() {
+		if m, err = protocol.DecodeCompact(frame); err != nil {
+			s.log.Debug("bad compact frame from device", "err", err)
+			c.fail(websocket.CloseProtocolError, "malformed frame")
+			return true
+		}
+	} else if typ != websocket.TextMessage {
 		c.fail(websocket.CloseUnsupportedData, "text frames only")
 		return true
-	}
-	var m protocol.Message
-	if ack, ok := parseAck(frame); ok {
+	} else if ack, ok := parseAck(frame); ok {
 		m = ack
 	} else if m, err = protocol.Decode(frame); err != nil {
 		s.log.Debug("bad frame from device", "err", err)
@@ -606,6 +615,11 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 			return c.drain(ctx)
 		}
 		return nil
+	case *protocol.Compact:
+		// Extension "compact": binary notifications and acks from now on.
+		c.compact.Store(true)
+		reply, _ := protocol.Encode(&protocol.Compact{Status: 200})
+		return c.write(reply)
 	case *protocol.Nack:
 		// The message stays stored and is sent again on the next connection.
 		c.mu.Lock()
@@ -721,7 +735,7 @@ func (c *conn) drain(ctx context.Context) error {
 			c.markSent(r, m.Seq, true)
 			c.noteReceipt(r, m)
 			tried = append(tried, r)
-			frames = append(frames, c.s.encodeNotification(m))
+			frames = append(frames, c.encodeNotification(m))
 		}
 		if len(msgs) < size && !c.more {
 			c.draining = false
@@ -968,7 +982,7 @@ func (c *conn) deliverPastDrain(m *Message) {
 		c.noteReceipt(r, m)
 		// Written before any later message of its channel the drain may
 		// read from now on (as in drain: wmu before mu is released).
-		f := c.s.encodeNotification(m)
+		f := c.encodeNotification(m)
 		c.wmu.Lock()
 		c.mu.Unlock()
 		_ = c.writeLocked(f)
@@ -1058,26 +1072,15 @@ func (c *conn) writeNotification(m *Message) {
 	if bp == nil {
 		bp = new([]byte)
 	}
-	*bp = c.s.appendNotification((*bp)[:0], m)
+	*bp = c.appendNotification((*bp)[:0], m)
 	_ = c.write(*bp)
 	if cap(*bp) <= 8<<10 {
 		c.s.frames.Put(bp)
 	}
 }
 
-func (s *Server) encodeNotification(m *Message) []byte {
-	return s.appendNotification(nil, m)
-}
-
-func (s *Server) appendNotification(b []byte, m *Message) []byte {
-	var ttl int64
-	if d := m.Expiry.Sub(s.now()); d > 0 {
-		ttl = int64((d + time.Second - 1) / time.Second)
-	}
-	return appendNotification(b, m.ChannelID, m.Version, m.Data, m.Headers, ttl)
-}
-
-// write sends text frames; a failed write closes the connection.
+// write sends frames (compact ones as binary frames, the others as text);
+// a failed write closes the connection.
 func (c *conn) write(frames ...[]byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -1091,7 +1094,15 @@ func (c *conn) writeLocked(frames ...[]byte) error {
 	}
 	c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
 	for _, f := range frames {
-		if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
+		typ := websocket.TextMessage
+		if protocol.IsCompact(f) {
+			typ = websocket.BinaryMessage
+		}
+		if c.compact.Load() {
+			// permessage-deflate is per frame: it lengthens small binary ones.
+			c.ws.EnableWriteCompression(typ == websocket.TextMessage || protocol.CompactCompressible(f))
+		}
+		if err := c.ws.WriteMessage(typ, f); err != nil {
 			c.ws.Close()
 			return err
 		}

@@ -80,6 +80,9 @@ type Config struct {
 	// "batch" extension (protocol.ExtBatch): 0 is protocol.MaxBatchSize, a
 	// negative value never asks.
 	Batch int
+	// NoCompact never asks a server that names the "compact" extension
+	// (protocol.ExtCompact) for compact frames: JSON only.
+	NoCompact bool
 	// Backoff is the redial policy (zero value: DefaultBackoff).
 	Backoff Backoff
 	// Compression asks for permessage-deflate.
@@ -351,6 +354,9 @@ type conn struct {
 	ws   *websocket.Conn
 	reqs chan request
 	done chan struct{} // closed when the connection ends
+	// compact: the server was asked for compact frames (protocol.ExtCompact);
+	// acks go out as binary frames, binary notifications are read.
+	compact bool
 }
 
 // connect dials, says hello and serves the connection until it ends.
@@ -406,10 +412,20 @@ func (s *Session) connect(ctx context.Context) error {
 			return fmt.Errorf("cannot write to push server: %w", err)
 		}
 	}
+	// Compact (binary) notifications and acks: a third of the bytes of
+	// JSON. Also only to a server that named the extension; notifications
+	// it wrote before reading this request come as JSON.
+	compact := h.Supports(protocol.ExtCompact) && !s.cfg.NoCompact
+	if compact {
+		b, _ := protocol.Encode(&protocol.Compact{})
+		if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
+			return fmt.Errorf("cannot write to push server: %w", err)
+		}
+	}
 	if !stopHandshake() {
 		return ctx.Err() // ctx ended during the handshake: the socket is closed
 	}
-	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{})}
+	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{}), compact: compact}
 	s.mu.Lock()
 	s.conn = c
 	close(s.ready)
@@ -487,7 +503,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	// next frames while the previous ones commit, and they commit together.
 	frames := make(chan frame, protocol.MaxBatchSize)
 	var wg sync.WaitGroup
-	wg.Go(func() { s.read(ws, frames, c.done) })
+	wg.Go(func() { s.read(ws, c.compact, frames, c.done) })
 	defer wg.Wait()
 	defer close(c.done)
 
@@ -501,7 +517,16 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 			}
 		}
 	}()
+	var buf []byte // compact frames' buffer
 	write := func(m protocol.Message) error {
+		if c.compact {
+			switch m := m.(type) {
+			case *protocol.Ack:
+				return s.writeCompact(ws, &buf, m.Updates, false)
+			case *protocol.AppAck:
+				return s.writeCompact(ws, &buf, m.Updates, true)
+			}
+		}
 		b, err := protocol.Encode(m)
 		if err != nil {
 			return err
@@ -732,7 +757,14 @@ func readFrame(ws *websocket.Conn) (int, []byte, error) {
 // undeliverable returns the ack (code 102, not delivered) of a notification
 // frame that protocol.Decode refused but that names a valid channel id and a
 // version, nil for any other frame.
-func undeliverable(b []byte) *protocol.Update {
+func undeliverable(typ int, b []byte) *protocol.Update {
+	if typ == websocket.BinaryMessage {
+		chid, v, ok := protocol.CompactUndeliverable(b)
+		if !ok {
+			return nil
+		}
+		return &protocol.Update{ChannelID: chid, Version: v, Code: protocol.AckNotDelivered}
+	}
 	var f struct {
 		MessageType string `json:"messageType"`
 		ChannelID   string `json:"channelID"`
@@ -764,8 +796,35 @@ func closeTooBig(ws *websocket.Conn) {
 	ws.Close()
 }
 
-// read is the reader goroutine of a connection.
-func (s *Session) read(ws *websocket.Conn, frames chan<- frame, done <-chan struct{}) {
+// writeCompact writes an ack (or app_ack) of us as compact binary frames of
+// at most protocol.MaxCompactUpdates updates, uncompressed: per-frame
+// deflate makes them longer (ids are random bytes).
+func (s *Session) writeCompact(ws *websocket.Conn, buf *[]byte, us []protocol.Update, app bool) error {
+	ws.EnableWriteCompression(false)
+	defer ws.EnableWriteCompression(true)
+	for len(us) > 0 {
+		n := min(len(us), protocol.MaxCompactUpdates)
+		var m protocol.Message = &protocol.Ack{Updates: us[:n]}
+		if app {
+			m = &protocol.AppAck{Updates: us[:n]}
+		}
+		b, err := protocol.AppendCompact((*buf)[:0], m)
+		if err != nil {
+			return err
+		}
+		*buf = b
+		_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			return fmt.Errorf("cannot write to push server: %w", err)
+		}
+		us = us[n:]
+	}
+	return nil
+}
+
+// read is the reader goroutine of a connection. With compact, binary
+// frames are compact ones (protocol.DecodeCompact); else they are ignored.
+func (s *Session) read(ws *websocket.Conn, compact bool, frames chan<- frame, done <-chan struct{}) {
 	for {
 		typ, b, err := readFrame(ws)
 		if err != nil {
@@ -776,12 +835,17 @@ func (s *Session) read(ws *websocket.Conn, frames chan<- frame, done <-chan stru
 			return
 		}
 		_ = ws.SetReadDeadline(s.deadline())
-		if typ != websocket.TextMessage {
+		var m protocol.Message
+		switch {
+		case typ == websocket.BinaryMessage && compact:
+			m, err = protocol.DecodeCompact(b)
+		case typ == websocket.TextMessage:
+			m, err = protocol.Decode(b)
+		default:
 			continue
 		}
-		m, err := protocol.Decode(b)
 		if err != nil {
-			u := undeliverable(b)
+			u := undeliverable(typ, b)
 			if u == nil {
 				s.log.Warn("ignored invalid frame from push server", "err", err)
 				continue
