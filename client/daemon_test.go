@@ -404,3 +404,23 @@ func TestUnifiedPushRedelivery(t *testing.T) {
 		t.Fatalf("counters = %v", c)
 	}
 }
+
+// Message ids are unique 32-digit hex strings that sort in creation order.
+func TestMsgIDOrdered(t *testing.T) {
+	prev := ""
+	seen := map[string]bool{}
+	for range 1000 {
+		id := newMsgID()
+		if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+			t.Fatalf("msg id %q is not 32 hex digits", id)
+		}
+		if seen[id] {
+			t.Fatalf("msg id %q repeated", id)
+		}
+		seen[id] = true
+		if id[:16] < prev[:min(len(prev), 16)] {
+			t.Fatalf("msg id %q sorts before the earlier %q", id, prev)
+		}
+		prev = id
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"time"
 
 	"github.com/heraldpush/herald/app"
@@ -58,7 +57,7 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 		// Statements without Prepare: the connection's statement cache
 		// keeps them prepared across batches.
 		n := 0
-		var apps []string
+		added := map[string]int{}
 		for i, m := range msgs {
 			res, err := tx.ExecContext(ctx, "INSERT OR IGNORE INTO seen(channel_id, version, received) VALUES(?, ?, ?)", m.ChannelID, m.Version, unixMilli(m.Received))
 			if err != nil {
@@ -71,12 +70,10 @@ func (s *Store) Receive(ctx context.Context, msgs []Incoming) (dup []bool, err e
 			if _, err := tx.ExecContext(ctx, insertInboxSQL, m.MsgID, m.AppID, m.ChannelID, m.Version, nonNil(m.Body), unixMilli(m.Received), unixMilli(m.Expires)); err != nil {
 				return err
 			}
-			if !slices.Contains(apps, m.AppID) {
-				apps = append(apps, m.AppID)
-			}
+			added[m.AppID]++
 			n++
 		}
-		if err := s.boundApps(ctx, tx, apps, msgs[0].Received); err != nil {
+		if err := s.boundApps(ctx, tx, added, msgs[0].Received); err != nil {
 			return err
 		}
 		if n > 0 {
@@ -107,7 +104,7 @@ func (s *Store) Post(ctx context.Context, m Incoming) error {
 		if err != nil {
 			return err
 		}
-		return s.bound(ctx, tx, m.AppID, m.Received)
+		return s.boundApps(ctx, tx, map[string]int{m.AppID: 1}, m.Received)
 	})
 	if err != nil {
 		return fmt.Errorf("cannot store posted message for %q: %w", m.AppID, err)
@@ -115,43 +112,56 @@ func (s *Store) Post(ctx context.Context, m Incoming) error {
 	return nil
 }
 
-// boundApps keeps the inboxes of apps within their cap after a batch of
-// new messages (see bound). One query finds the apps over the cap; only
-// they are bounded. An app within its cap keeps its expired queued messages
-// until it takes them (PopAll drops them) or the next start sweeps them:
-// bound deletes them first, so they never cost an unexpired message.
-func (s *Store) boundApps(ctx context.Context, tx *sql.Tx, apps []string, now time.Time) error {
-	if len(apps) == 0 {
+// boundApps keeps the inboxes of the apps that got new messages (added:
+// app id → how many) within their cap. An app is counted only when its
+// known upper bound (Store.high) plus what it got could exceed the cap, and
+// then bounded only when it does: in steady state a batch costs no inbox
+// count. An app within its cap thus keeps its expired queued messages until
+// it takes them (PopAll drops them) or the next start sweeps them; bound
+// deletes them first, so they never cost an unexpired message. The caller
+// holds wmu (a transaction).
+func (s *Store) boundApps(ctx context.Context, tx *sql.Tx, added map[string]int, now time.Time) error {
+	var check []string
+	for a, n := range added {
+		if h, ok := s.high[a]; ok && h+n <= s.maxInbox {
+			s.high[a] = h + n
+			continue
+		}
+		check = append(check, a)
+	}
+	if len(check) == 0 {
 		return nil
 	}
-	if len(apps) == 1 {
-		return s.bound(ctx, tx, apps[0], now)
-	}
-	list, err := json.Marshal(apps)
+	list, err := json.Marshal(check)
 	if err != nil {
 		return err
 	}
-	rows, err := tx.QueryContext(ctx, "SELECT app_id FROM inbox WHERE app_id IN (SELECT value FROM json_each(?)) GROUP BY app_id HAVING count(*) > ?", string(list), s.maxInbox)
+	rows, err := tx.QueryContext(ctx, "SELECT app_id, count(*) FROM inbox WHERE app_id IN (SELECT value FROM json_each(?)) GROUP BY app_id", string(list))
 	if err != nil {
 		return err
 	}
-	var over []string
+	counts := map[string]int{}
 	for rows.Next() {
 		var a string
-		if err := rows.Scan(&a); err != nil {
+		var n int
+		if err := rows.Scan(&a, &n); err != nil {
 			rows.Close()
 			return err
 		}
-		over = append(over, a)
+		counts[a] = n
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	for _, a := range over {
-		if err := s.bound(ctx, tx, a, now); err != nil {
-			return err
+	for _, a := range check {
+		if counts[a] > s.maxInbox {
+			if err := s.bound(ctx, tx, a, now); err != nil {
+				return err
+			}
 		}
+		// A rolled back transaction leaves it high: still an upper bound.
+		s.high[a] = min(counts[a], s.maxInbox)
 	}
 	return nil
 }

@@ -129,6 +129,11 @@ type Store struct {
 	wmu sync.Mutex
 	// maxInbox is Options.MaxInbox.
 	maxInbox int
+	// high is, per app, an upper bound of the number of its inbox rows
+	// (guarded by wmu): this process alone writes the inbox, inserts add
+	// to it and deletes leave it high, so an app whose bound stays within
+	// maxInbox after new messages needs no count (boundApps).
+	high map[string]int
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -167,7 +172,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, relaxed: db, maxInbox: opts.MaxInbox}
+	s := &Store{db: db, relaxed: db, maxInbox: opts.MaxInbox, high: map[string]int{}}
 	if s.maxInbox <= 0 {
 		s.maxInbox = DefaultMaxInbox
 	}

@@ -1,7 +1,7 @@
 // Command bench measures the figures of DESIGN §9 and prints them beside
 // their targets. It writes the same figures to bench-results.json.
 //
-// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...] [-cpuprofile FILE] [-daemon-profile DIR]
+// Usage: go run ./tests/bench [-bin DIR] [-out FILE] [-only NAME,...] [-cpuprofile FILE] [-daemon-profile DIR [-daemon-trace]]
 package main
 
 import (
@@ -38,8 +38,10 @@ type Env struct {
 	CPUProfile string
 	// DaemonProfile, when set, is a directory where reconnect_drain and
 	// e2e_latency have heraldd (built with -tags pprof) write a CPU profile
-	// and an execution trace of its run (NAME.cpu.prof, NAME.trace).
+	// of its run (NAME.cpu.prof), and with DaemonTrace an execution trace
+	// (NAME.trace).
 	DaemonProfile string
+	DaemonTrace   bool
 }
 
 // daemonProfileEnv is the environment that makes a heraldd built with -tags
@@ -48,10 +50,11 @@ func (e *Env) daemonProfileEnv(name string) []string {
 	if e.DaemonProfile == "" {
 		return nil
 	}
-	return []string{
-		"HERALDD_CPUPROFILE=" + filepath.Join(e.DaemonProfile, name+".cpu.prof"),
-		"HERALDD_TRACE=" + filepath.Join(e.DaemonProfile, name+".trace"),
+	env := []string{"HERALDD_CPUPROFILE=" + filepath.Join(e.DaemonProfile, name+".cpu.prof")}
+	if e.DaemonTrace {
+		env = append(env, "HERALDD_TRACE="+filepath.Join(e.DaemonProfile, name+".trace"))
 	}
+	return env
 }
 
 // Logf prints a progress line on stderr.
@@ -88,17 +91,18 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the figures as JSON")
 	only := flag.String("only", "", "comma-separated figure names to run (default all)")
 	prof := flag.String("cpuprofile", "", "write a CPU profile of herald-server under the throughput load to this file")
-	dprof := flag.String("daemon-profile", "", "`DIR` where reconnect_drain and e2e_latency write a CPU profile and a trace of heraldd (build it with -tags pprof)")
+	dprof := flag.String("daemon-profile", "", "`DIR` where reconnect_drain and e2e_latency write a CPU profile of heraldd (build it with -tags pprof)")
+	dtrace := flag.Bool("daemon-trace", false, "with -daemon-profile, also write an execution trace of heraldd")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *bin, *out, *only, *prof, *dprof); err != nil {
+	if err := run(ctx, *bin, *out, *only, *prof, *dprof, *dtrace); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin, out, only, prof, dprof string) error {
+func run(ctx context.Context, bin, out, only, prof, dprof string, dtrace bool) error {
 	absBin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -133,7 +137,7 @@ func run(ctx context.Context, bin, out, only, prof, dprof string) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		env := &Env{Bin: absBin, Tmp: dir, CPUProfile: prof, DaemonProfile: dprof}
+		env := &Env{Bin: absBin, Tmp: dir, CPUProfile: prof, DaemonProfile: dprof, DaemonTrace: dtrace}
 		start := time.Now()
 		env.Logf("%s: running", f.name)
 		rs, err := f.run(ctx, env)
