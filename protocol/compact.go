@@ -86,7 +86,8 @@ func CompactCompressible(frame []byte) bool {
 // with the raw body data (Notification.Data is its base64url). ok is false
 // if chid is not a valid channel id; nothing is appended then.
 func AppendCompactNotification(b []byte, chid, version string, data []byte, headers map[string]string, ttl int64) ([]byte, bool) {
-	if !ValidChannelID(chid) {
+	raw, ok := channelIDBytes(chid)
+	if !ok {
 		return b, false
 	}
 	form := versionFormOf(version)
@@ -94,7 +95,12 @@ func AppendCompactNotification(b []byte, chid, version string, data []byte, head
 	if ttl > 0 {
 		flags |= nflagTTL
 	}
-	aes := len(headers) == 1 && headers["encoding"] == "aes128gcm"
+	aes := false
+	if len(headers) == 1 {
+		for k, v := range headers { // cheaper than a lookup (no hashing)
+			aes = k == "encoding" && v == "aes128gcm"
+		}
+	}
 	switch {
 	case aes:
 		flags |= nflagAES128GCM
@@ -102,7 +108,7 @@ func AppendCompactNotification(b []byte, chid, version string, data []byte, head
 		flags |= nflagHeaders
 	}
 	b = append(b, compactNotification, flags)
-	b = appendChannelID(b, chid)
+	b = append(b, raw[:]...)
 	b = appendVersion(b, form, version)
 	if ttl > 0 {
 		b = binary.AppendUvarint(b, uint64(ttl))
@@ -153,7 +159,8 @@ func appendUpdates(b []byte, kind byte, us []Update) ([]byte, error) {
 	}
 	out := append(b, kind)
 	for i, u := range us {
-		if !ValidChannelID(u.ChannelID) {
+		raw, ok := channelIDBytes(u.ChannelID)
+		if !ok {
 			return b, fmt.Errorf("cannot encode update: invalid channelID %q", u.ChannelID)
 		}
 		if u.Code < 0 {
@@ -170,7 +177,7 @@ func appendUpdates(b []byte, kind byte, us []Update) ([]byte, error) {
 		}
 		out = append(out, flags)
 		if !same {
-			out = appendChannelID(out, u.ChannelID)
+			out = append(out, raw[:]...)
 		}
 		out = appendVersion(out, form, u.Version)
 		if u.Code != 0 {
@@ -184,9 +191,12 @@ func appendUpdates(b []byte, kind byte, us []Update) ([]byte, error) {
 func versionFormOf(v string) byte {
 	if len(v) == 22 {
 		var raw [16]byte
-		if n, err := base64.RawURLEncoding.Decode(raw[:], []byte(v)); err == nil && n == 16 &&
-			base64.RawURLEncoding.EncodeToString(raw[:]) == v {
-			return versionID
+		var again [22]byte
+		if n, err := base64.RawURLEncoding.Decode(raw[:], []byte(v)); err == nil && n == 16 {
+			base64.RawURLEncoding.Encode(again[:], raw[:])
+			if string(again[:]) == v { // the last character's two spare bits are zero
+				return versionID
+			}
 		}
 	}
 	if len(v) > 0 && len(v) <= 20 && (v[0] != '0' || len(v) == 1) {
@@ -215,26 +225,38 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// appendChannelID appends the 16 bytes of a valid channel id.
-func appendChannelID(b []byte, chid string) []byte {
-	var raw [16]byte
+// channelIDBytes returns the 16 bytes of a channel id; ok is false if it
+// is not valid (ValidChannelID).
+func channelIDBytes(chid string) (raw [16]byte, ok bool) {
+	if len(chid) != 36 || chid[8] != '-' || chid[13] != '-' || chid[18] != '-' || chid[23] != '-' {
+		return raw, false
+	}
 	j := 0
-	for i := 0; i < len(chid); i += 2 {
-		if chid[i] == '-' {
-			i--
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i-- // the dash; the next pair starts after it
 			continue
 		}
-		raw[j] = unhex(chid[i])<<4 | unhex(chid[i+1])
+		hi, ok1 := unhex(chid[i])
+		lo, ok2 := unhex(chid[i+1])
+		if !ok1 || !ok2 {
+			return raw, false
+		}
+		raw[j] = hi<<4 | lo
 		j++
 	}
-	return append(b, raw[:]...)
+	return raw, true
 }
 
-func unhex(c byte) byte {
-	if c <= '9' {
-		return c - '0'
+// unhex is the value of a lowercase hex digit.
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
 	}
-	return c - 'a' + 10
+	return 0, false
 }
 
 // DecodeCompact parses and validates one compact frame. Every message it

@@ -274,3 +274,71 @@ func FuzzCompactNotification(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecodeNotification compares what a device does per notification:
+// Decode of the JSON frame against DecodeCompact of the compact one.
+func BenchmarkDecodeNotification(b *testing.B) {
+	n := &Notification{ChannelID: compactChid, Version: "5vBHft5t06GfxQSywdZ1ZA",
+		Data: EncodeBase64URL(bytes.Repeat([]byte("x"), 100)), Headers: map[string]string{"encoding": "aes128gcm"}, TTL: 600}
+	js, _ := Encode(n)
+	cf, _ := AppendCompact(nil, n)
+	b.Run("json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Decode(js); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("compact", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeCompact(cf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkAppendCompactNotification is the server's encoding of an
+// encrypted message's compact frame (BenchmarkAppendNotification in server
+// is the JSON one).
+func BenchmarkAppendCompactNotification(b *testing.B) {
+	data := bytes.Repeat([]byte("x"), 100)
+	headers := map[string]string{"encoding": "aes128gcm"}
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf, _ = AppendCompactNotification(buf[:0], compactChid, "wlEukmjadJ4_-f3dwhjaDQ", data, headers, 600)
+	}
+}
+
+// BenchmarkDecodeCompactAck is the server's decoding of a compact ack of one
+// message (server's BenchmarkParseAck-like JSON fast path: parseAck).
+func BenchmarkDecodeCompactAck(b *testing.B) {
+	f, _ := AppendCompact(nil, &Ack{Updates: []Update{{ChannelID: compactChid, Version: "wlEukmjadJ4_-f3dwhjaDQ"}}})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeCompact(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestChannelIDBytes(t *testing.T) {
+	for _, s := range []string{compactChid, NewChannelID(), "00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff",
+		"", "396BE672-C520-4E36-A890-AB03D8D28D28", "396be672-c520-4e36-a890-ab03d8d28d2", "396be672-c520-4e36-a890-ab03d8d28d28a",
+		"396be672c-520-4e36-a890-ab03d8d28d28", "396be672-c520-4e36-a890-ab03d8d28d2g", "396be672-c520-4e36-a890+ab03d8d28d28"} {
+		raw, ok := channelIDBytes(s)
+		if ok != ValidChannelID(s) {
+			t.Errorf("channelIDBytes(%q) ok = %v, ValidChannelID = %v", s, ok, !ok)
+			continue
+		}
+		if ok {
+			d := compactReader{p: raw[:]}
+			if back, _ := d.channelID(); back != s {
+				t.Errorf("channelIDBytes(%q) = %x, back %q", s, raw, back)
+			}
+		}
+	}
+}
