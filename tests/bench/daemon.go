@@ -296,7 +296,7 @@ func benchWireBytes(ctx context.Context, env *Env) ([]Result, error) {
 		return nil, err
 	}
 	return []Result{{Name: "wire_bytes_per_message", Label: "wire bytes per 100 B message", Value: per, Unit: "B", Target: 250, Lower: true,
-		Note: fmt.Sprintf("%d plaintext JSON messages with their acks, permessage-deflate; device→server %d B, server→device %d B (TCP payload incl. websocket framing); a 100 B encrypted (incompressible) body: %.0f B", count, up, down, perEnc)}}, nil
+		Note: fmt.Sprintf("%d plaintext JSON messages with their acks (compact frames when both ends have the extension, else JSON with permessage-deflate); device→server %d B, server→device %d B (TCP payload incl. websocket framing); a 100 B encrypted (incompressible) body: %.0f B", count, up, down, perEnc)}}, nil
 }
 
 // benchReconnectDrain stores 10,000 messages (100 apps × 100, the pending
