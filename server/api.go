@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -156,25 +155,9 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 		s.metrics.accepted.WithLabelValues(api).Inc()
 		return nil
 	}
-	// Deliver while storing: a device connected here gets the frame now,
-	// while the commit runs; 201 still waits for the commit
-	// (docs/architecture.md, "Deliver while storing"). Not for a put that
-	// may refuse or drop the message, nor for a device held by another node.
-	var c *conn
-	var e *earlyMsg
-	if !o.ClearPending && !o.KeepNewerVersion && o.RejectAt == 0 {
-		if c = s.hub.get(m.UAID); c != nil {
-			if e = c.deliverEarly(m); e != nil {
-				o.Acked = &e.delivered
-			}
-		}
-	}
-	start := time.Now()
-	stored, dropped, err := s.store.Put(r.Context(), m, o, now)
-	s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
-	if e != nil {
-		c.committed(context.WithoutCancel(r.Context()), m, e, stored, err)
-	}
+	// Deliver while storing (hub.go putDelivering): a device connected here
+	// gets the frame now, while the commit runs; 201 still waits for it.
+	stored, dropped, early, err := s.putDelivering(r.Context(), m, o, now)
 	if err != nil {
 		return err
 	}
@@ -182,7 +165,7 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 	if dropped > 0 {
 		s.metrics.dropped.Add(float64(dropped))
 	}
-	if stored && e == nil {
+	if stored && !early {
 		s.dispatch(r.Context(), m)
 	}
 	return nil

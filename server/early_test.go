@@ -164,3 +164,63 @@ func waitPending(t *testing.T, ts *testServer, d *device, want int) {
 		d.quiet()
 	}
 }
+
+// A device that acks a message while its put waits for that ack
+// (Config.EarlyAckWait) holds it durably: the store is never asked to
+// write it, and the app server gets its 201 at the ack.
+func TestAckedBeforeStore(t *testing.T) {
+	st, err := OpenSQLite(filepath.Join(t.TempDir(), "gated.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedStore{Store: st, entered: make(chan struct{}), release: make(chan error)}
+	// The first message of a connection waits the whole bound: an hour, so
+	// nothing here depends on how fast the device is.
+	ts := startServer(t, func(c *Config) { c.Store = g; c.EarlyAckWait = time.Hour })
+	for i := range 2 {
+		d := ts.connect("")
+		ep := d.register(protocol.NewChannelID(), "")
+		res := ts.pushAsync(ep)
+		d.ack(d.notification())
+		select {
+		case r := <-res:
+			if r.status != 201 {
+				t.Fatalf("push %d = %d %s", i, r.status, r.body)
+			}
+		case <-g.entered:
+			t.Fatalf("message %d went to the store after its device acked it", i)
+		}
+		if got := ts.pending(d.uaid); got != 0 {
+			t.Errorf("%d messages stored for device %d, want 0", got, i)
+		}
+	}
+}
+
+// The wait for an early ack follows the device's usual ack time: twice it,
+// within the bound, and none for a device that acks later than the bound.
+func TestEarlyWait(t *testing.T) {
+	c := &conn{s: &Server{cfg: Config{EarlyAckWait: 5 * time.Millisecond}}}
+	if got := c.earlyWait(); got != 5*time.Millisecond {
+		t.Errorf("before any ack: %v, want the bound", got)
+	}
+	c.noteAckRTT(time.Millisecond)
+	if got := c.earlyWait(); got != 2*time.Millisecond {
+		t.Errorf("device acking in 1ms: %v, want 2ms", got)
+	}
+	for range 50 {
+		c.noteAckRTT(20 * time.Millisecond) // heraldd's ack delay
+	}
+	if got := c.earlyWait(); got != 0 {
+		t.Errorf("device acking in 20ms: %v, want no wait", got)
+	}
+	for range 50 {
+		c.noteAckRTT(3 * time.Millisecond)
+	}
+	if got := c.earlyWait(); got != 5*time.Millisecond {
+		t.Errorf("device acking in 3ms again: %v, want the bound", got)
+	}
+	c.s.cfg.EarlyAckWait = -1
+	if got := c.earlyWait(); got != 0 {
+		t.Errorf("waiting off: %v, want 0", got)
+	}
+}

@@ -132,11 +132,9 @@ type conn struct {
 	// before the connection is attached.
 	route Route
 
-	br      *bufio.Reader   // gorilla's read buffer (see hijacker), nil if not ours
-	raw     syscall.RawConn // the socket, to wait for it on a small stack
-	peekBuf [1]byte
-	peekFn  func(fd uintptr) bool // c.peek, made once
-	ip      string                // client address, counted in Server.wsConns
+	br  *bufio.Reader   // gorilla's read buffer (see hijacker), nil if not ours
+	raw syscall.RawConn // the socket, to wait for it on a small stack
+	ip  string          // client address, counted in Server.wsConns
 
 	wmu sync.Mutex // serialises writes to ws
 	// compact is set once the device has asked for compact frames
@@ -163,6 +161,9 @@ type conn struct {
 	// minUrgency is the rank of the lowest urgency the device wants
 	// (extension "urgency"; 0, very-low, is every message). Guarded by mu.
 	minUrgency int
+	// ackRTT is the moving average of how long the device takes to ack a
+	// live message (earlyWait). Guarded by mu.
+	ackRTT time.Duration
 	// receipts are the sent messages whose app server asked for receipts.
 	// Guarded by mu.
 	receipts map[Ref]receiptRef
@@ -171,7 +172,8 @@ type conn struct {
 // sent is an unacknowledged message.
 type sent struct {
 	seq   int64
-	batch bool // part of a batch of stored messages (drain), not live
+	batch bool  // part of a batch of stored messages (drain), not live
+	at    int64 // monotime when a live message was written, for ackRTT
 	// early is set while the message, written to the device before its
 	// commit, is being stored (seq is 0 until then).
 	early *earlyMsg
@@ -184,6 +186,30 @@ type earlyMsg struct {
 	// store writes it: the store then leaves it out (PutOptions.Acked).
 	delivered atomic.Bool
 	acked     bool // guarded by the conn's mu: any ack arrived before committed
+	// ackc is closed when acked is set.
+	ackc chan struct{}
+	// wait is how long a plain put waits for the ack (putDelivering).
+	wait time.Duration
+}
+
+// await waits up to d for the device's ack of e and reports whether it came.
+func (e *earlyMsg) await(d time.Duration) bool {
+	select {
+	case <-e.ackc:
+		return true
+	default:
+	}
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-e.ackc:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // heraldExtensions are the Herald extensions the server names in its hello
@@ -235,7 +261,6 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 	c := &conn{s: s, ws: ws, br: hj.br, ip: ip}
 	if sc, ok := ws.NetConn().(syscall.Conn); ok && c.br != nil {
 		c.raw, _ = sc.SyscallConn()
-		c.peekFn = c.peek
 	}
 	go func() {
 		if c.open() {
@@ -515,10 +540,17 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 		refs := make([]Ref, 0, len(m.Updates))
 		delivered := 0
 		var receipts []ackedReceipt
+		var now int64
 		c.mu.Lock()
 		for _, u := range m.Updates {
 			r := Ref{ChannelID: u.ChannelID, Version: u.Version}
 			st, ok := c.unacked[r]
+			if ok && st.at != 0 {
+				if now == 0 {
+					now = monotime()
+				}
+				c.noteAckRTT(time.Duration(now - st.at))
+			}
 			if ok {
 				c.forget(r, st)
 				c.ackedMax = max(c.ackedMax, st.seq)
@@ -534,6 +566,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				// Its commit is still running: committed deletes it after
 				// the commit, or the store leaves it out.
 				st.early.acked = true
+				close(st.early.ackc)
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
 					st.early.delivered.Store(true)
 				}
@@ -823,10 +856,42 @@ func (c *conn) markSent(r Ref, seq int64, batch bool) {
 	if c.unacked == nil {
 		c.unacked = make(map[Ref]sent, 4)
 	}
-	c.unacked[r] = sent{seq: seq, batch: batch}
+	st := sent{seq: seq, batch: batch}
 	if batch {
 		c.batchLeft++
+	} else {
+		st.at = monotime()
 	}
+	c.unacked[r] = st
+}
+
+// noteAckRTT adds the time a live message took to be acked to the
+// connection's average. c.mu must be held.
+func (c *conn) noteAckRTT(d time.Duration) {
+	if c.ackRTT == 0 {
+		c.ackRTT = max(d, 1)
+		return
+	}
+	c.ackRTT += (d - c.ackRTT) / 8
+}
+
+// earlyWait is how long a plain put of a message written to the device
+// before its commit waits for the device's ack before it goes to the store
+// (putDelivering): a device that acks by then holds the message durably, and
+// the message costs the store nothing (no insert, no deletion, no commit to
+// wait for). The wait is about twice the device's usual ack time, at most
+// Config.EarlyAckWait, and none for a device that usually acks later than
+// that (heraldd lets acks wait to share a frame); before the device's first
+// ack the bound is tried. c.mu must be held.
+func (c *conn) earlyWait() time.Duration {
+	bound := c.s.cfg.EarlyAckWait
+	switch {
+	case bound <= 0 || c.ackRTT > bound:
+		return 0
+	case c.ackRTT == 0:
+		return bound
+	}
+	return min(2*c.ackRTT, bound)
 }
 
 // forget removes an acked, nacked or given-up message. c.mu must be held.
@@ -992,6 +1057,43 @@ func (c *conn) deliverPastDrain(m *Message) {
 	c.sendOrHold(m)
 }
 
+// monoBase is the origin of monotime.
+var monoBase = time.Now()
+
+// monotime is a monotonic clock reading in nanoseconds.
+func monotime() int64 { return int64(time.Since(monoBase)) }
+
+// putDelivering stores m (Store.Put with o) and, when its device is
+// connected to this node and can take it now, writes it to the device first
+// (docs/architecture.md, "Deliver while storing"). early says m went to the
+// device: the caller must not dispatch it again.
+func (s *Server) putDelivering(ctx context.Context, m *Message, o PutOptions, now time.Time) (stored bool, dropped int, early bool, err error) {
+	var c *conn
+	var e *earlyMsg
+	// Not for a put that may refuse or drop the message, nor for a device
+	// held by another node.
+	if !o.ClearPending && !o.KeepNewerVersion && o.RejectAt == 0 {
+		if c = s.hub.get(m.UAID); c != nil {
+			if e = c.deliverEarly(m); e != nil {
+				o.Acked = &e.delivered
+			}
+		}
+	}
+	if e != nil && (!o.Replace || m.Topic == "") && e.await(e.wait) && e.delivered.Load() {
+		// Acked as delivered before it was stored: a plain put has nothing
+		// left to do (a replacing one still deletes the older messages).
+		c.committed(context.WithoutCancel(ctx), m, e, false, nil)
+		return false, 0, true, nil
+	}
+	start := time.Now()
+	stored, dropped, err = s.store.Put(ctx, m, o, now)
+	s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
+	if e != nil {
+		c.committed(context.WithoutCancel(ctx), m, e, stored, err)
+	}
+	return stored, dropped, e != nil, err
+}
+
 // deliverEarly writes a message that is about to be stored to the device
 // at once, unless the device is busy (stored messages are being sent, or too
 // many are unacknowledged) or m must wait for its commit. The caller stores
@@ -1010,9 +1112,9 @@ func (c *conn) deliverEarly(m *Message) *earlyMsg {
 		c.mu.Unlock()
 		return nil
 	}
-	e := &earlyMsg{}
+	e := &earlyMsg{ackc: make(chan struct{}), wait: c.earlyWait()}
 	c.markSent(r, 0, false)
-	c.unacked[r] = sent{early: e}
+	c.unacked[r] = sent{early: e, at: monotime()}
 	c.mu.Unlock()
 	c.writeNotification(m)
 	return e
@@ -1045,7 +1147,8 @@ func (c *conn) committed(ctx context.Context, m *Message, e *earlyMsg, stored bo
 			// a retry after a lost 201.
 			c.forget(r, st)
 		} else {
-			c.unacked[r] = sent{seq: m.Seq}
+			st.seq, st.early = m.Seq, nil
+			c.unacked[r] = st
 		}
 	}
 	gone := c.closed

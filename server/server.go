@@ -53,6 +53,8 @@ const (
 	// DefaultAckTimeout is how long a batch of stored messages may stay
 	// unacknowledged before the next batch is sent anyway.
 	DefaultAckTimeout = 30 * time.Second
+	// DefaultEarlyAckWait is Config.EarlyAckWait's default.
+	DefaultEarlyAckWait = 5 * time.Millisecond
 	// DefaultMaxConnsPerIP is how many device websockets one client address
 	// may hold at once (devices behind one NAT share an address).
 	DefaultMaxConnsPerIP = 1000
@@ -120,6 +122,11 @@ type Config struct {
 	// AckTimeout is how long the server waits for the acks of a batch of
 	// stored messages before it sends the next batch (default DefaultAckTimeout).
 	AckTimeout time.Duration
+	// EarlyAckWait bounds how long a message written to its device before
+	// its commit waits for the device's ack before it is stored; a message
+	// acked by then is not stored at all (default DefaultEarlyAckWait,
+	// negative: never wait). See conn.earlyWait.
+	EarlyAckWait time.Duration
 	// UpgradeLimit limits websocket upgrades per client address, MaxConnsPerIP
 	// the websockets one address holds at once; beyond either the upgrade is
 	// answered 429 (defaults DefaultUpgradeLimit, DefaultMaxConnsPerIP).
@@ -187,6 +194,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = DefaultAckTimeout
+	}
+	if cfg.EarlyAckWait == 0 {
+		cfg.EarlyAckWait = DefaultEarlyAckWait
 	}
 	if cfg.UpgradeLimit == (Limit{}) {
 		cfg.UpgradeLimit = DefaultUpgradeLimit
