@@ -257,6 +257,13 @@ func TestNodesEarlyDeliveryFollowsRoute(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	d := a.connect("")
 	ep := d.register(protocol.NewChannelID(), "")
+	// Node B serves: its start clears the routes naming it, which would
+	// otherwise race with the claim below.
+	resp, err := http.Get(b.base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	// The device's route as node B's claim would leave it (B called A's
 	// replace, which has not arrived yet).
 	if _, err := a.srv.store.ClaimRoute(context.Background(), d.uaid, Route{Node: b.base, Conn: 42}); err != nil {
