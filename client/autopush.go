@@ -138,7 +138,7 @@ func (h *autopushHandler) Welcome(ctx context.Context, uaid string) error {
 	return nil
 }
 
-func (h *autopushHandler) Receive(ctx context.Context, batch []*protocol.Notification) []int {
+func (h *autopushHandler) Receive(ctx context.Context, batch []*protocol.Notification, kind session.Kind) []int {
 	a := (*autopush)(h)
 	codes := make([]int, len(batch))
 	now := a.d.now()
@@ -161,9 +161,8 @@ func (h *autopushHandler) Receive(ctx context.Context, batch []*protocol.Notific
 	if len(msgs) == 0 {
 		return codes
 	}
-	// A full batch is the server flushing stored messages (it sends them
-	// protocol.BatchSize at a time).
-	res := a.sink.Receive(ctx, push.Batch{Backend: app.BackendAutopush, Messages: msgs, Draining: len(batch) >= protocol.BatchSize})
+	res := a.sink.Receive(ctx, push.Batch{Backend: app.BackendAutopush, Messages: msgs,
+		Draining: kind != session.Live, Reconnect: kind == session.Reconnect})
 	for j, err := range res {
 		switch {
 		case err == nil:

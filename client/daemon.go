@@ -531,7 +531,7 @@ func (d *Daemon) Receive(ctx context.Context, b push.Batch) []error {
 	// runs when the burst ends. Other batches are live messages, a few of
 	// which may be read together under load: processed now (during a burst
 	// they join it without extending it).
-	d.schedule(apps, b.Draining)
+	d.schedule(apps, b.Draining, b.Reconnect)
 	return res
 }
 

@@ -125,7 +125,7 @@ func (d *Daemon) loop(ctx context.Context) {
 }
 
 // schedule starts the pipeline of apps that got new messages (step 2).
-func (d *Daemon) schedule(apps []string, draining bool) {
+func (d *Daemon) schedule(apps []string, draining, reconnect bool) {
 	if len(apps) == 0 && !draining {
 		return
 	}
@@ -146,7 +146,7 @@ func (d *Daemon) schedule(apps []string, draining bool) {
 		if draining {
 			o.burstN += len(apps)
 		}
-		if o.burstN >= longBurst {
+		if o.burstN >= longBurst || reconnect {
 			quiet = drainQuiet
 		}
 		switch {

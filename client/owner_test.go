@@ -187,5 +187,25 @@ func TestDrainDefersThePipeline(t *testing.T) {
 		if got := posts(); got == 0 {
 			t.Fatal("a live message outside a burst was not processed at once")
 		}
+		// A reconnect drain's batch, even a small one, waits drainQuiet.
+		if msgs, _ := d.PopAll(ctx, a); len(msgs) != 1 {
+			t.Fatalf("queued %q, want the live message", msgs)
+		}
+		for len(bus.posted) > 0 {
+			<-bus.posted
+		}
+		n++
+		if res := d.Receive(ctx, push.Batch{Backend: app.BackendAutopush, Draining: true, Reconnect: true,
+			Messages: []push.Message{{ChannelID: ch, ServerID: fmt.Sprint(n), Body: []byte(fmt.Sprint(n))}}}); res[0] != nil {
+			t.Fatalf("Receive: %v", res[0])
+		}
+		time.Sleep(drainQuiet - time.Millisecond)
+		if got := posts(); got != 0 {
+			t.Fatalf("%d Post signals before drainQuiet after a reconnect batch", got)
+		}
+		time.Sleep(time.Millisecond)
+		if got := posts(); got == 0 {
+			t.Fatal("no Post signal drainQuiet after a reconnect batch")
+		}
 	})
 }

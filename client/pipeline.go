@@ -23,13 +23,15 @@ const (
 // messages the pipeline starts on them.
 const burstQuiet = 20 * time.Millisecond
 
-// A long burst (a reconnect drain of more than longBurst messages) waits
-// drainQuiet instead: its batches of 100 come with gaps that, on a loaded
-// machine, exceed tens of milliseconds, and a pipeline started in such a gap
-// competes with the drain for the CPU and the store (perf of a
-// 10,000-message drain: the pipeline took 22 % of heraldd, taking in and
-// acking 8 %). A short burst — live messages read together because heraldd
-// fell behind — keeps burstQuiet, so it does not hold their latency.
+// A reconnect drain (every batch the server sends right after the hello,
+// push.Batch.Reconnect, however small: the first ones often come one by
+// one) and any burst past longBurst messages wait drainQuiet instead: their
+// batches come with gaps that, on a loaded machine, exceed tens of
+// milliseconds, and a pipeline started in such a gap competes with the
+// drain for the CPU and the store (perf of a 10,000-message drain: the
+// pipeline took 22 % of heraldd, taking in and acking 8 %). A short burst —
+// live messages read together because heraldd fell behind — keeps
+// burstQuiet, so it does not hold their latency.
 const (
 	longBurst  = 500
 	drainQuiet = 250 * time.Millisecond

@@ -86,6 +86,10 @@ type Batch struct {
 	// at once: the core takes them in first and processes them when the
 	// burst ends.
 	Draining bool
+	// Reconnect says the batch is part of what the server flushes right
+	// after a (re)connect, a reconnect drain that may be long: the core
+	// waits longer for its end before processing it.
+	Reconnect bool
 }
 
 // Errors of Sink.Receive results.

@@ -53,11 +53,26 @@ type Handler interface {
 	Welcome(ctx context.Context, uaid string) error
 	// Receive durably stores a batch of notifications and returns the ack
 	// code of each (protocol.AckDelivered, or AckNotDelivered when it could
-	// not be stored). Duplicates are acked as delivered.
-	Receive(ctx context.Context, batch []*protocol.Notification) []int
+	// not be stored). Duplicates are acked as delivered. kind says whether
+	// the batch is live messages or the server flushing stored ones.
+	Receive(ctx context.Context, batch []*protocol.Notification, kind Kind) []int
 	// StateChanged reports a new state; err is the reason of the last failure.
 	StateChanged(st State, since time.Time, err error)
 }
+
+// Kind says what a batch of notifications handed to Handler.Receive is.
+type Kind int
+
+const (
+	// Live: messages as they are posted.
+	Live Kind = iota
+	// Stored: a full batch (protocol.BatchSize or more read together), the
+	// server flushing stored messages.
+	Stored
+	// Reconnect: the stored messages the server sends right after the
+	// hello (the drain phase), whatever the size of the batch.
+	Reconnect
+)
 
 // Config configures a Session.
 type Config struct {
@@ -103,6 +118,8 @@ type Config struct {
 	// Rand returns a uniform integer in [0, n) for the backoff jitter;
 	// nil uses math/rand/v2.
 	Rand func(n int64) int64
+	// Now is the clock of the drain phase (nil: time.Now). Tests inject it.
+	Now func() time.Time
 }
 
 // Backoff is the redial policy: the n-th consecutive failure waits a uniform
@@ -172,6 +189,9 @@ func New(cfg Config) *Session {
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Int64N
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	s := &Session{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), online: true, ready: make(chan struct{})}
 	if len(cfg.Extensions) > 0 {
@@ -565,6 +585,30 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		return nil
 	}
 	var batch []*protocol.Notification
+	// The drain phase: the stored messages the server sends right after the
+	// hello. Every batch of it is draining, however few frames the reader
+	// had ready (the first ones often come one by one), so that the daemon
+	// takes the whole drain in before its pipeline competes with it. It ends
+	// at the first drainGap without a notification, or after maxDrainPhase.
+	inDrain := true
+	drainEnd := s.cfg.Now().Add(maxDrainPhase)
+	drainUntil := s.cfg.Now().Add(drainGap)
+	store := func(batch []*protocol.Notification) []protocol.Update {
+		now := s.cfg.Now()
+		if inDrain && (now.After(drainUntil) || now.After(drainEnd)) {
+			inDrain = false
+		}
+		kind := Live
+		switch {
+		case inDrain:
+			kind = Reconnect
+		case len(batch) >= protocol.BatchSize:
+			kind = Stored
+		}
+		us := s.storeBatch(ctx, batch, kind)
+		drainUntil = s.cfg.Now().Add(drainGap)
+		return us
+	}
 	for {
 		select {
 		case <-ackC:
@@ -675,7 +719,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 							continue
 						}
 						// Not a notification: handle the batch first, then this frame.
-						if err := queueAcks(s.storeBatch(ctx, batch)); err != nil {
+						if err := queueAcks(store(batch)); err != nil {
 							return err
 						}
 						batch = batch[:0]
@@ -689,7 +733,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 					}
 				}
 				if len(batch) > 0 {
-					if err := queueAcks(s.storeBatch(ctx, batch)); err != nil {
+					if err := queueAcks(store(batch)); err != nil {
 						return err
 					}
 				}
@@ -700,10 +744,18 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	}
 }
 
+// A reconnect drain's phase (see serve) ends at the first drainGap without
+// a notification, or after maxDrainPhase: a live stream that starts right
+// after the hello is not deferred for longer.
+const (
+	drainGap      = 250 * time.Millisecond
+	maxDrainPhase = 5 * time.Second
+)
+
 // storeBatch hands a batch to the handler to store and returns its acks.
-func (s *Session) storeBatch(ctx context.Context, batch []*protocol.Notification) []protocol.Update {
+func (s *Session) storeBatch(ctx context.Context, batch []*protocol.Notification, kind Kind) []protocol.Update {
 	start := time.Now()
-	codes := s.cfg.Handler.Receive(ctx, batch)
+	codes := s.cfg.Handler.Receive(ctx, batch, kind)
 	s.log.Debug("stored notifications", "count", len(batch), "took", time.Since(start))
 	updates := make([]protocol.Update, len(batch))
 	for i, n := range batch {

@@ -28,6 +28,7 @@ type handler struct {
 	welcomed []string
 	received []string
 	states   chan State
+	kinds    []Kind // Receive's kind of each batch
 }
 
 func newHandler() *handler {
@@ -43,9 +44,10 @@ func (h *handler) Welcome(ctx context.Context, uaid string) error {
 	h.welcomed = append(h.welcomed, uaid)
 	return nil
 }
-func (h *handler) Receive(ctx context.Context, batch []*protocol.Notification) []int {
+func (h *handler) Receive(ctx context.Context, batch []*protocol.Notification, kind Kind) []int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.kinds = append(h.kinds, kind)
 	codes := make([]int, len(batch))
 	for i, n := range batch {
 		h.received = append(h.received, n.Version)
@@ -519,5 +521,73 @@ func TestBatchExtension(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDrainPhase: every batch the server sends right after the hello is a
+// Reconnect batch, even a single message; after a drainGap without one a
+// live message is Live, and a full batch Stored.
+func TestDrainPhase(t *testing.T) {
+	srv := newFakeServer(t)
+	h := newHandler()
+	h.uaid, h.channels = uaid, []string{chA}
+	stored := make(chan string, 100)
+	h.codes = func(n *protocol.Notification) int {
+		stored <- n.Version
+		return protocol.AckDelivered
+	}
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	s, _ := start(t, Config{URL: srv.url(), Handler: h, Now: clock})
+	s.SetWanted(true)
+	c := srv.accept(t)
+	readMsg(t, c) // hello
+	writeMsg(t, c, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
+	h.waitState(t, StateConnected)
+	send := func(vs ...string) {
+		t.Helper()
+		for _, v := range vs {
+			writeMsg(t, c, &protocol.Notification{ChannelID: chA, Version: v, Data: "aGk"})
+		}
+		for range vs {
+			select {
+			case <-stored:
+			case <-time.After(10 * time.Second):
+				t.Fatal("notification not stored")
+			}
+		}
+	}
+	kinds := func() []Kind {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return append([]Kind(nil), h.kinds...)
+	}
+	send("d1")
+	send("d2")
+	if got := kinds(); !cmp.Equal(got, []Kind{Reconnect, Reconnect}) {
+		t.Fatalf("kinds of the drain's batches = %v, want Reconnect", got)
+	}
+	mu.Lock()
+	now = now.Add(drainGap + time.Millisecond)
+	mu.Unlock()
+	send("live")
+	if got := kinds(); got[len(got)-1] != Live {
+		t.Fatalf("a live message after the drain gap is not Live: %v", got)
+	}
+	full := make([]string, protocol.BatchSize)
+	for i := range full {
+		full[i] = fmt.Sprintf("f%d", i)
+	}
+	before := len(kinds())
+	send(full...)
+	// The reader may hand them over in several batches; read together, they
+	// are a full batch, Stored.
+	if got := kinds()[before:]; len(got) == 1 && got[0] != Stored {
+		t.Fatalf("a full batch is not Stored: %v", got)
 	}
 }
