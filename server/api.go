@@ -141,18 +141,18 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 		// Lomiri devices take stored messages only (expire_on is in the future).
 		start := time.Now()
 		_, _, err := s.store.Put(r.Context(), m, o, now)
-		s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
+		s.metrics.putSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return err
 		}
-		s.metrics.accepted.WithLabelValues(api).Inc()
+		s.metrics.acceptedBy(api).Inc()
 		s.dispatchLomiri(r.Context(), m)
 		return nil
 	}
 	if !m.Expiry.After(now) {
 		// TTL 0: only a device connected now gets it.
 		s.dispatch(r.Context(), m)
-		s.metrics.accepted.WithLabelValues(api).Inc()
+		s.metrics.acceptedBy(api).Inc()
 		return nil
 	}
 	// Deliver while storing (hub.go putDelivering): a device connected here
@@ -161,7 +161,7 @@ func (s *Server) accept(r *http.Request, m *Message, o PutOptions, api string) e
 	if err != nil {
 		return err
 	}
-	s.metrics.accepted.WithLabelValues(api).Inc()
+	s.metrics.acceptedBy(api).Inc()
 	if dropped > 0 {
 		s.metrics.dropped.Add(float64(dropped))
 	}

@@ -1087,7 +1087,7 @@ func (s *Server) putDelivering(ctx context.Context, m *Message, o PutOptions, no
 	}
 	start := time.Now()
 	stored, dropped, err = s.store.Put(ctx, m, o, now)
-	s.metrics.storeSeconds.WithLabelValues("put").Observe(time.Since(start).Seconds())
+	s.metrics.putSeconds.Observe(time.Since(start).Seconds())
 	if e != nil {
 		c.committed(context.WithoutCancel(ctx), m, e, stored, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -156,8 +157,9 @@ type Server struct {
 	hub      hub
 	lomiri   lhub
 	tokens   tokenCache
-	frames   sync.Pool // *[]byte buffers for notification frames (gorilla copies them)
-	node     *node     // nil unless Config.NodeURL is set
+	frames   sync.Pool                    // *[]byte buffers for notification frames (gorilla copies them)
+	fast     atomic.Pointer[fastListener] // set by Serve (tests count its requests)
+	node     *node                        // nil unless Config.NodeURL is set
 
 	receiptWaiters receiptWaiters
 }
@@ -344,15 +346,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bg.Go(func() { s.sweep(bgCtx) })
 
-	hs := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	hs := s.httpServer()
+	// Canonical Web Push posts are answered by the fast path (fastpath.go),
+	// everything else by hs.
+	fl := newFastListener(ln, s.handleWebPush, s.log)
+	s.fast.Store(fl)
+	var accepting sync.WaitGroup
+	accepting.Go(fl.run)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
+	go func() { serveErr <- hs.Serve(fl) }()
 
 	var err error
 	select {
@@ -366,6 +368,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if e := hs.Shutdown(shutCtx); e != nil {
 		s.log.Warn("http shutdown incomplete", "err", e)
 	}
+	fl.Close()
+	accepting.Wait()
+	fl.shutdown(shutCtx)
 	s.hub.closeAll(protocol.CloseGoingAway, "server shutting down")
 	s.lomiri.closeAll()
 	if s.node != nil {
@@ -387,6 +392,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		err = errors.Join(err, fmt.Errorf("cannot close store: %w", e))
 	}
 	return err
+}
+
+// httpServer is the net/http server of Serve (for everything the fast path
+// hands over).
+func (s *Server) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 }
 
 // sweep deletes expired messages and idle rate buckets every SweepInterval.
@@ -496,6 +513,24 @@ type metrics struct {
 	receipts        *prometheus.CounterVec
 	receiptsDropped prometheus.Counter
 	held            prometheus.Counter
+
+	// Children of the vectors above that every push uses, looked up once
+	// (WithLabelValues hashes its labels at each call).
+	putSeconds                                  prometheus.Observer
+	acceptedWebPush, acceptedNotify, acceptedSP prometheus.Counter
+}
+
+// acceptedBy is the accepted counter of api.
+func (m *metrics) acceptedBy(api string) prometheus.Counter {
+	switch api {
+	case "webpush":
+		return m.acceptedWebPush
+	case "notify":
+		return m.acceptedNotify
+	case "simplepush":
+		return m.acceptedSP
+	}
+	return m.accepted.WithLabelValues(api)
 }
 
 func newMetrics() *metrics {
@@ -537,6 +572,10 @@ func newMetrics() *metrics {
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_node_forwarded_total", Help: "Messages handed to the node holding the device, by result."}, []string{"result"}),
 	}
+	m.putSeconds = m.storeSeconds.WithLabelValues("put")
+	m.acceptedWebPush = m.accepted.WithLabelValues("webpush")
+	m.acceptedNotify = m.accepted.WithLabelValues("notify")
+	m.acceptedSP = m.accepted.WithLabelValues("simplepush")
 	m.reg.MustRegister(m.connected, m.lomiriConnected, m.accepted, m.delivered, m.expired, m.dropped, m.undeliverable, m.idleDevices, m.refused, m.storeSeconds, m.commitSeconds, m.commitOps, m.forwarded,
 		m.receipts, m.receiptsDropped, m.held)
 	return m
