@@ -131,6 +131,9 @@ type Daemon struct {
 
 	connMu sync.Mutex                  // guards conns
 	conns  map[app.Backend]push.Status // each backend's last reported status
+
+	markMu sync.Mutex       // guards marks
+	marks  map[string]int64 // app id → pipelineMark
 }
 
 // New builds a Daemon; Run starts it.
@@ -151,6 +154,7 @@ func New(o Options) *Daemon {
 		o:        owned{regs: map[string]store.Registration{}, workers: map[string]*worker{}},
 		backends: map[app.Backend]push.Backend{},
 		conns:    map[app.Backend]push.Status{},
+		marks:    map[string]int64{},
 	}
 	if o.Config.Server != "" {
 		sc := session.Config{

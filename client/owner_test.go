@@ -209,3 +209,54 @@ func TestDrainDefersThePipeline(t *testing.T) {
 		}
 	})
 }
+
+// TestPipelineMark: a pass reads the inbox after the messages it already
+// queued (the app has not taken them), and every message still reaches the
+// queue in order.
+func TestPipelineMark(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		st, err := store.Open(ctx, filepath.Join(t.TempDir(), "herald.db"), store.Options{Synchronous: "NORMAL"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		const a = "com.example.mark_mark"
+		const ch = "44444444-4444-4444-8444-444444444444"
+		if err := st.PutRegistration(ctx, store.Registration{ChannelID: ch, AppID: a, Kind: app.KindLomiri, Endpoint: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := config.DefaultConfig()
+		cfg.Server = ""
+		d := New(Options{Config: cfg, Store: st})
+		bus := newFakeBus()
+		d.SetBus(bus)
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { d.Run(rctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		synctest.Wait()
+		for i := range 5 {
+			res := d.Receive(ctx, push.Batch{Backend: app.BackendAutopush,
+				Messages: []push.Message{{ChannelID: ch, ServerID: fmt.Sprint(i), Body: []byte(fmt.Sprint(i))}}})
+			if res[0] != nil {
+				t.Fatalf("Receive: %v", res[0])
+			}
+			synctest.Wait()
+			if got := len(bus.posted); got != i+1 {
+				t.Fatalf("%d Post signals after %d messages", got, i+1)
+			}
+			msgs, err := st.Inbox(ctx, a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last := msgs[len(msgs)-1]; d.pipelineMark(a) != last.Seq || last.Step != app.StepQueued {
+				t.Fatalf("after message %d: mark %d, last message %d at %s", i, d.pipelineMark(a), last.Seq, last.Step)
+			}
+		}
+		msgs, _ := d.PopAll(ctx, a)
+		if fmt.Sprint(msgs) != "[0 1 2 3 4]" {
+			t.Fatalf("queued %q, want the five messages in order", msgs)
+		}
+	})
+}

@@ -42,8 +42,15 @@ const (
 func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 	isUP := d.hasUPReg(appID)
 	dropped := false
+	// Every message of the app up to mark is queued or gone: the inbox is
+	// read after it, not through the queued messages the app has not
+	// taken yet (up to the inbox cap). mark advances over the messages that
+	// reach the queue in order; one that stays behind holds it.
+	after := d.pipelineMark(appID)
+	mark, held := after, false
+	defer func() { d.setPipelineMark(appID, mark) }()
 	for ctx.Err() == nil {
-		msgs, err := d.st.Pending(ctx, appID, pendingBatch)
+		msgs, err := d.st.PendingAfter(ctx, appID, after, pendingBatch)
 		if err != nil {
 			d.log.Error("cannot read inbox", "app_id", appID, "err", err)
 			return d.now().Add(redeliverMin)
@@ -57,16 +64,23 @@ func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 			if ctx.Err() != nil {
 				return time.Time{}
 			}
-			if msgs[i].Step == "" { // dropped by processBatch
-				continue
+			done := msgs[i].Step == "" // dropped by processBatch
+			if !done {
+				dr := d.advance(ctx, &msgs[i], isUP)
+				dropped = dropped || dr
+				done = dr || msgs[i].Step == app.StepQueued
 			}
-			if d.advance(ctx, &msgs[i], isUP) {
-				dropped = true
+			if !done {
+				held = true
+			}
+			if !held {
+				mark = msgs[i].Seq
 			}
 		}
 		if len(msgs) < pendingBatch {
 			break
 		}
+		after = msgs[len(msgs)-1].Seq
 	}
 	if isUP {
 		return d.deliverUP(ctx, appID)
@@ -80,6 +94,24 @@ func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
 		}
 	}
 	return time.Time{}
+}
+
+// pipelineMark returns the seq up to which every message of appID is known
+// to be queued or gone (0: none known). Only the app's worker (one at a
+// time) reads and sets it; seqs only grow and steps only advance, so what
+// is queued stays behind the mark.
+func (d *Daemon) pipelineMark(appID string) int64 {
+	d.markMu.Lock()
+	defer d.markMu.Unlock()
+	return d.marks[appID]
+}
+
+func (d *Daemon) setPipelineMark(appID string, seq int64) {
+	d.markMu.Lock()
+	defer d.markMu.Unlock()
+	if seq > d.marks[appID] {
+		d.marks[appID] = seq
+	}
 }
 
 // processBatch runs the helper step of every received message of msgs and

@@ -274,7 +274,13 @@ func (s *Store) Inbox(ctx context.Context, appID string) ([]Message, error) {
 // Pending returns up to limit messages of appID that still have pipeline work
 // before the queued step, oldest first.
 func (s *Store) Pending(ctx context.Context, appID string, limit int) ([]Message, error) {
-	return s.messages(ctx, "WHERE app_id = ? AND step IN ('received','processed','presented') ORDER BY seq LIMIT ?", appID, limit)
+	return s.PendingAfter(ctx, appID, 0, limit)
+}
+
+// PendingAfter is Pending for the messages with a seq above after (the
+// index on app and seq starts there, past the messages known queued).
+func (s *Store) PendingAfter(ctx context.Context, appID string, after int64, limit int) ([]Message, error) {
+	return s.messages(ctx, "WHERE app_id = ? AND seq > ? AND step IN ('received','processed','presented') ORDER BY seq LIMIT ?", appID, after, limit)
 }
 
 // QueuedAfter returns up to limit of appID's queued messages with a seq
