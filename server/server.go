@@ -55,7 +55,7 @@ const (
 	// unacknowledged before the next batch is sent anyway.
 	DefaultAckTimeout = 30 * time.Second
 	// DefaultEarlyAckWait is Config.EarlyAckWait's default.
-	DefaultEarlyAckWait = 5 * time.Millisecond
+	DefaultEarlyAckWait = 15 * time.Millisecond
 	// DefaultMaxConnsPerIP is how many device websockets one client address
 	// may hold at once (devices behind one NAT share an address).
 	DefaultMaxConnsPerIP = 1000
