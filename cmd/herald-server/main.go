@@ -64,6 +64,7 @@ func main() {
 		}
 		return
 	}
+	server.KeepHeapGoal(server.DefaultMinHeapGoal)
 	o := options{stdout: os.Stdout, stderr: os.Stderr, stateDirectory: os.Getenv("STATE_DIRECTORY")}
 	fs := flag.NewFlagSet("herald-server", flag.ExitOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
