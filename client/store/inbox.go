@@ -247,7 +247,7 @@ func scanMessage(sc interface{ Scan(...any) error }) (Message, error) {
 }
 
 func (s *Store) messages(ctx context.Context, query string, args ...any) ([]Message, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT "+msgColumns+" FROM inbox "+query, args...)
+	rows, err := s.relaxed.QueryContext(ctx, "SELECT "+msgColumns+" FROM inbox "+query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read inbox: %w", err)
 	}
@@ -305,7 +305,7 @@ func (s *Store) Head(ctx context.Context, appID string) (Message, error) {
 // AppsWithWork returns the app ids having messages in the inbox, and for
 // each the number of queued messages.
 func (s *Store) AppsWithWork(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT app_id, SUM(step = 'queued') FROM inbox GROUP BY app_id")
+	rows, err := s.relaxed.QueryContext(ctx, "SELECT app_id, SUM(step = 'queued') FROM inbox GROUP BY app_id")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read inbox: %w", err)
 	}

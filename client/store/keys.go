@@ -18,7 +18,7 @@ const appKeysPrefix = "webpush/"
 // octets) kept for appID; ErrNotFound when it has none.
 func (s *Store) AppKeys(ctx context.Context, appID string) (private, auth []byte, err error) {
 	var v string
-	err = s.db.QueryRowContext(ctx, "SELECT value FROM state WHERE key = ?", appKeysPrefix+appID).Scan(&v)
+	err = s.relaxed.QueryRowContext(ctx, "SELECT value FROM state WHERE key = ?", appKeysPrefix+appID).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, ErrNotFound
 	}

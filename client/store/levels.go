@@ -16,7 +16,7 @@ const levelPrefix = "level/"
 
 // Levels returns the stored broadcast levels.
 func (s *Store) Levels(ctx context.Context) (map[string]int64, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT key, value FROM state WHERE key >= ? AND key < ?", levelPrefix, levelPrefix+"\xff")
+	rows, err := s.relaxed.QueryContext(ctx, "SELECT key, value FROM state WHERE key >= ? AND key < ?", levelPrefix, levelPrefix+"\xff")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read broadcast levels: %w", err)
 	}

@@ -64,7 +64,7 @@ func (s *Store) Notifications(ctx context.Context, appID string) ([]Notification
 		q += " WHERE app_id = ?"
 		args = append(args, appID)
 	}
-	rows, err := s.db.QueryContext(ctx, q+" ORDER BY shown, id", args...)
+	rows, err := s.relaxed.QueryContext(ctx, q+" ORDER BY shown, id", args...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read notifications: %w", err)
 	}

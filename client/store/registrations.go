@@ -106,7 +106,7 @@ func (s *Store) DeleteRegistration(ctx context.Context, channelID string) error 
 }
 
 func (s *Store) oneRegistration(ctx context.Context, where string, args ...any) (Registration, error) {
-	r, err := scanRegistration(s.db.QueryRowContext(ctx, "SELECT "+regColumns+" FROM registrations WHERE "+where, args...))
+	r, err := scanRegistration(s.relaxed.QueryRowContext(ctx, "SELECT "+regColumns+" FROM registrations WHERE "+where, args...))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Registration{}, ErrNotFound
 	}
@@ -133,7 +133,7 @@ func (s *Store) RegistrationByChannel(ctx context.Context, channelID string) (Re
 
 // Registrations returns every registration, oldest first.
 func (s *Store) Registrations(ctx context.Context) ([]Registration, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT "+regColumns+" FROM registrations ORDER BY registered, channel_id")
+	rows, err := s.relaxed.QueryContext(ctx, "SELECT "+regColumns+" FROM registrations ORDER BY registered, channel_id")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read registrations: %w", err)
 	}
@@ -155,7 +155,7 @@ const unreachablePrefix = "up-unreachable/"
 // found not activatable at daemon start (zero: it was not).
 func (s *Store) Unreachable(ctx context.Context, channelID string) (time.Time, error) {
 	var v int64
-	err := s.db.QueryRowContext(ctx, "SELECT CAST(value AS INTEGER) FROM state WHERE key = ?", unreachablePrefix+channelID).Scan(&v)
+	err := s.relaxed.QueryRowContext(ctx, "SELECT CAST(value AS INTEGER) FROM state WHERE key = ?", unreachablePrefix+channelID).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return time.Time{}, nil
 	}

@@ -122,7 +122,11 @@ type Store struct {
 	// relaxed is a second pool on the same file with synchronous=NORMAL,
 	// for pipeline step records: after a power loss (not a crash) a step
 	// may be done again, while received messages and what apps took are
-	// committed with the configured (FULL) durability.
+	// committed with the configured (FULL) durability. Reads use it too:
+	// db's one idle connection then stays the receiving transaction's, and
+	// a read while it commits does not open (and, with one idle connection
+	// kept, close again) a connection of its own (a D-Bus Counters poll
+	// during a drain cost a sqlite open each time).
 	relaxed *sql.DB
 	// wmu serializes writers in the process: waiting here is cheaper than
 	// sqlite's busy handler, which sleeps.
@@ -275,7 +279,7 @@ func (s *Store) txOn(ctx context.Context, db *sql.DB, f func(tx *sql.Tx) error) 
 // UAID returns the stored uaid, "" when none.
 func (s *Store) UAID(ctx context.Context) (string, error) {
 	var v string
-	err := s.db.QueryRowContext(ctx, "SELECT value FROM state WHERE key = 'uaid'").Scan(&v)
+	err := s.relaxed.QueryRowContext(ctx, "SELECT value FROM state WHERE key = 'uaid'").Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -318,7 +322,7 @@ const backendStatePrefix = "backend/"
 // BackendState returns the value a backend saved under key ("" when none).
 func (s *Store) BackendState(ctx context.Context, b app.Backend, key string) (string, error) {
 	var v string
-	err := s.db.QueryRowContext(ctx, "SELECT value FROM state WHERE key = ?", backendStatePrefix+string(b)+"/"+key).Scan(&v)
+	err := s.relaxed.QueryRowContext(ctx, "SELECT value FROM state WHERE key = ?", backendStatePrefix+string(b)+"/"+key).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -365,7 +369,7 @@ const incrSQL = "INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name
 
 // Counters returns every counter.
 func (s *Store) Counters(ctx context.Context) (map[string]uint64, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT name, value FROM counters")
+	rows, err := s.relaxed.QueryContext(ctx, "SELECT name, value FROM counters")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read counters: %w", err)
 	}
