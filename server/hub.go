@@ -107,6 +107,39 @@ func (h *hub) start() bool {
 	return true
 }
 
+// watchWrites closes, every period, the connections whose write has been
+// blocked for longer than writeTimeout (a device that stopped reading): the
+// write fails, which ends the connection. It stands for a write deadline
+// per frame. Runs until ctx ends.
+func (h *hub) watchWrites(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, c := range h.stuckWrites(monotime(), writeTimeout) {
+			c.ws.NetConn().Close()
+		}
+	}
+}
+
+// stuckWrites returns the connections whose write began more than limit
+// before now (monotime).
+func (h *hub) stuckWrites(now int64, limit time.Duration) []*conn {
+	var stuck []*conn
+	h.mu.Lock()
+	for _, c := range h.conns {
+		if w := c.writing.Load(); w != 0 && now-w > int64(limit) {
+			stuck = append(stuck, c)
+		}
+	}
+	h.mu.Unlock()
+	return stuck
+}
+
 // closeAll sends every connection a close frame and waits for them to end.
 func (h *hub) closeAll(code int, reason string) {
 	h.mu.Lock()
@@ -137,6 +170,11 @@ type conn struct {
 	ip  string          // client address, counted in Server.wsConns
 
 	wmu sync.Mutex // serialises writes to ws
+	// writing is the monotime at which the write under way began, 0 when
+	// none is: writes have no deadline of their own (watchWrites).
+	writing atomic.Int64
+	// extended is the monotime of the last read deadline set (reader only).
+	extended int64
 	// compact is set once the device has asked for compact frames
 	// (extension "compact"): notifications are written, and acks read, as
 	// binary frames (frames.go).
@@ -509,13 +547,22 @@ func (c *conn) readHello() (*protocol.Hello, error) {
 	return h, nil
 }
 
+// extendDeadline moves the read deadline to PingInterval + pongGrace from
+// now, at most once a second: a deadline set is a runtime timer reset, and a
+// device that acks every message would reset it for every message. Called
+// by the reader only.
 func (c *conn) extendDeadline() {
+	now := monotime()
+	if c.extended != 0 && now-c.extended < int64(time.Second) {
+		return
+	}
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
 		return // shut has set the final deadline
 	}
+	c.extended = now
 	c.ws.SetReadDeadline(time.Now().Add(c.s.cfg.PingInterval + pongGrace))
 }
 
@@ -566,10 +613,10 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				// Its commit is still running: committed deletes it after
 				// the commit, or the store leaves it out.
 				st.early.acked = true
-				close(st.early.ackc)
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
 					st.early.delivered.Store(true)
 				}
+				close(st.early.ackc) // after delivered: the put reads it on waking
 				continue
 			}
 			refs = append(refs, r)
@@ -1195,7 +1242,11 @@ func (c *conn) writeLocked(frames ...[]byte) error {
 	if len(frames) == 0 {
 		return nil
 	}
-	c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+	// No write deadline: setting one resets a runtime timer for every
+	// frame (gorilla passes it to the socket per frame). A write blocked
+	// longer than writeTimeout is ended by hub.watchWrites instead.
+	c.writing.Store(monotime())
+	defer c.writing.Store(0)
 	for _, f := range frames {
 		typ := websocket.TextMessage
 		if protocol.IsCompact(f) {

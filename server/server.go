@@ -345,6 +345,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var bg sync.WaitGroup
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bg.Go(func() { s.sweep(bgCtx) })
+	bg.Go(func() { s.hub.watchWrites(bgCtx, writeTimeout/2) })
 
 	hs := s.httpServer()
 	// Canonical Web Push posts are answered by the fast path (fastpath.go),
