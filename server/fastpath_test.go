@@ -275,7 +275,7 @@ func TestFastPathDeviceSocket(t *testing.T) {
 // FuzzParseFast checks the fast path's parser against net/http's: a request
 // it takes must be the request net/http reads from the same bytes (method,
 // path, Host, header map, body), every prefix of it must be "more", and
-// nothing it takes is out of bounds.
+// nothing it takes is out of bounds. Seeds: testdata/fuzz/FuzzParseFast.
 func FuzzParseFast(f *testing.F) {
 	f.Add([]byte("POST /wpush/v1/abc HTTP/1.1\r\nHost: h\r\nTTL: 60\r\nContent-Length: 3\r\n\r\nabc"))
 	f.Add([]byte("POST /wpush/v1/abc HTTP/1.1\r\nhost: h:80\r\nttl:  0 \r\ncontent-length: 0\r\nX-A: b\r\nx-a: c\r\n\r\n"))
