@@ -3,18 +3,23 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/gorilla/websocket"
 
+	"github.com/heraldpush/herald/internal/testcert"
 	"github.com/heraldpush/herald/protocol"
 	"github.com/heraldpush/herald/webpush"
 )
@@ -318,4 +323,62 @@ func FuzzParseFast(f *testing.F) {
 			t.Fatalf("header maps differ for %q (-net/http +fast):\n%s", b[:r.size], diff)
 		}
 	})
+}
+
+// TestFastPathTLSListener: on a TLS listener (herald-server --tls-cert)
+// every connection is net/http's, and pushes and devices work as before.
+func TestFastPathTLSListener(t *testing.T) {
+	cert, err := testcert.New("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := cert.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := tls.NewListener(tcp, &tls.Config{Certificates: []tls.Certificate{tc}, MinVersion: tls.VersionTLS12})
+	base := "https://" + tcp.Addr().String()
+	srv, err := New(Config{PublicURL: base, DBPath: filepath.Join(t.TempDir(), "s.db"),
+		TokenLimit: Limit{Rate: -1}, IPLimit: Limit{Rate: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	dialer := websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}, HandshakeTimeout: 5 * time.Second,
+		TLSClientConfig: &tls.Config{RootCAs: cert.Pool()}}
+	ws, _, err := dialer.Dial("wss://"+tcp.Addr().String()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	d := &device{t: t, ws: ws}
+	d.hello("")
+	ep := d.register(protocol.NewChannelID(), "")
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cert.Pool()}}}
+	req, _ := http.NewRequest("POST", ep, strings.NewReader("abc"))
+	req.Header.Set("TTL", "60")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push over TLS = %d", resp.StatusCode)
+	}
+	d.notification()
+	if n := srv.fast.Load().served.Load(); n != 0 {
+		t.Errorf("fast path answered %d TLS requests", n)
+	}
 }
