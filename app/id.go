@@ -3,7 +3,6 @@ package app
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 )
@@ -35,12 +34,6 @@ const (
 // a valid file name (255 bytes).
 const MaxIDLen = 240
 
-var (
-	clickRE   = regexp.MustCompile(`^([a-z0-9][a-z0-9+.-]+)_([a-zA-Z0-9+.-]+)(?:_([0-9][a-zA-Z0-9.+:~-]*))?$`)
-	legacyRE  = regexp.MustCompile(`^_([^./\x00][^/\x00]*)$`)
-	desktopRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*)+$`)
-)
-
 // ErrInvalidID is wrapped by every ParseID error.
 var ErrInvalidID = errors.New("invalid application id")
 
@@ -52,24 +45,93 @@ func ParseID(s string) (ID, error) {
 	if len(s) > MaxIDLen {
 		return ID{}, fmt.Errorf("%w: longer than %d bytes", ErrInvalidID, MaxIDLen)
 	}
-	if m := clickRE.FindStringSubmatch(s); m != nil {
-		return ID{Package: m[1], App: m[2], Version: m[3], Form: FormClick}, nil
+	if pkg, app, ver, ok := parseClick(s); ok {
+		return ID{Package: pkg, App: app, Version: ver, Form: FormClick}, nil
 	}
-	if m := legacyRE.FindStringSubmatch(s); m != nil {
+	if name, ok := parseLegacy(s); ok {
 		// Glob metacharacters are refused too: names are looked up with
 		// filepath.Glob patterns ("<name>_*"), and "_*" would match any file.
-		if !utf8.ValidString(m[1]) || strings.ContainsFunc(m[1], isControl) || strings.ContainsAny(m[1], `*?[]\`) {
+		if !utf8.ValidString(name) || strings.ContainsFunc(name, isControl) || strings.ContainsAny(name, `*?[]\`) {
 			return ID{}, fmt.Errorf("%w: %q", ErrInvalidID, s)
 		}
-		return ID{App: m[1], Form: FormLegacy}, nil
+		return ID{App: name, Form: FormLegacy}, nil
 	}
-	if desktopRE.MatchString(s) {
+	if isDesktopID(s) {
 		return ID{Package: s, App: s, Form: FormDesktop}, nil
 	}
 	return ID{}, fmt.Errorf("%w: %q", ErrInvalidID, s)
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// The three grammars, written out instead of as regular expressions (heraldd
+// links no regexp: issue 17, less binary mapped and no compile at start-up).
+// Their regular expressions, which id_test.go checks them against:
+//
+//	click:   ^([a-z0-9][a-z0-9+.-]+)_([a-zA-Z0-9+.-]+)(?:_([0-9][a-zA-Z0-9.+:~-]*))?$
+//	legacy:  ^_([^./\x00][^/\x00]*)$
+//	desktop: ^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*)+$
+
+// parseClick matches the click grammar. No part may hold "_", so the id
+// splits at its underscores into two or three parts.
+func parseClick(s string) (pkg, app, ver string, ok bool) {
+	pkg, rest, found := strings.Cut(s, "_")
+	if !found {
+		return "", "", "", false
+	}
+	app, ver, versioned := strings.Cut(rest, "_")
+	if len(pkg) < 2 || !isLowerDigit(pkg[0]) || !allBytes(pkg[1:], isClickPkg) {
+		return "", "", "", false
+	}
+	if app == "" || !allBytes(app, isClickApp) {
+		return "", "", "", false
+	}
+	if versioned && (ver == "" || !isDigit(ver[0]) || !allBytes(ver[1:], isClickVersion)) {
+		return "", "", "", false
+	}
+	return pkg, app, ver, true
+}
+
+// parseLegacy matches the legacy grammar and returns the name after "_".
+func parseLegacy(s string) (string, bool) {
+	name, ok := strings.CutPrefix(s, "_")
+	if !ok || name == "" || name[0] == '.' || strings.ContainsAny(name, "/\x00") {
+		return "", false
+	}
+	return name, true
+}
+
+// isDesktopID matches the desktop grammar: two or more dot-separated
+// elements, each a letter followed by letters, digits, "_" and "-".
+func isDesktopID(s string) bool {
+	n := 0
+	for elem := range strings.SplitSeq(s, ".") {
+		if elem == "" || !isLetter(elem[0]) || !allBytes(elem[1:], isDesktopElem) {
+			return false
+		}
+		n++
+	}
+	return n >= 2
+}
+
+func allBytes(s string, f func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !f(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isDigit(c byte) bool      { return '0' <= c && c <= '9' }
+func isLetter(c byte) bool     { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+func isLowerDigit(c byte) bool { return 'a' <= c && c <= 'z' || isDigit(c) }
+func isClickPkg(c byte) bool   { return isLowerDigit(c) || c == '+' || c == '.' || c == '-' }
+func isClickApp(c byte) bool {
+	return isLetter(c) || isDigit(c) || c == '+' || c == '.' || c == '-'
+}
+func isClickVersion(c byte) bool { return isClickApp(c) || c == ':' || c == '~' }
+func isDesktopElem(c byte) bool  { return isLetter(c) || isDigit(c) || c == '_' || c == '-' }
 
 // Base is the id without version: "pkg_app", "_name" or the desktop id. The
 // versioned and unversioned ids of one app have the same Base: it is the id
