@@ -6,6 +6,7 @@ import (
 	"github.com/heraldpush/herald/app"
 	"github.com/heraldpush/herald/client"
 	"github.com/heraldpush/herald/client/store"
+	"github.com/heraldpush/herald/dbusapi"
 	"github.com/heraldpush/herald/helpers"
 	"github.com/heraldpush/herald/notifications"
 )
@@ -74,4 +75,47 @@ func (s notificationStore) Notifications(ctx context.Context, appID string) ([]n
 		out = append(out, notifications.Record{ID: n.ID, AppID: n.AppID, Tag: n.Tag, MsgID: n.MsgID, Card: n.Card, Shown: n.Shown})
 	}
 	return out, nil
+}
+
+// trimmedBackend is the daemon as the D-Bus API's backend; the calls that
+// make the daemon work (registrations, messages taken, a reconnect) tell the
+// trimmer.
+type trimmedBackend struct {
+	*client.Daemon
+	trim *trimmer
+}
+
+func (b trimmedBackend) RegisterLomiri(ctx context.Context, appID string) (string, error) {
+	b.trim.poke()
+	return b.Daemon.RegisterLomiri(ctx, appID)
+}
+
+func (b trimmedBackend) UnregisterLomiri(ctx context.Context, appID string) error {
+	b.trim.poke()
+	return b.Daemon.UnregisterLomiri(ctx, appID)
+}
+
+func (b trimmedBackend) Post(ctx context.Context, appID string, payload []byte) error {
+	b.trim.poke()
+	return b.Daemon.Post(ctx, appID, payload)
+}
+
+func (b trimmedBackend) PopAll(ctx context.Context, appID string) ([]string, error) {
+	b.trim.poke()
+	return b.Daemon.PopAll(ctx, appID)
+}
+
+func (b trimmedBackend) RegisterUnifiedPush(ctx context.Context, r dbusapi.UPRegistration) (string, error) {
+	b.trim.poke()
+	return b.Daemon.RegisterUnifiedPush(ctx, r)
+}
+
+func (b trimmedBackend) UnregisterUnifiedPush(ctx context.Context, token string) error {
+	b.trim.poke()
+	return b.Daemon.UnregisterUnifiedPush(ctx, token)
+}
+
+func (b trimmedBackend) Reconnect(ctx context.Context) error {
+	b.trim.poke()
+	return b.Daemon.Reconnect(ctx)
 }

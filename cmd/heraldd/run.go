@@ -77,14 +77,18 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 		Config: cfg, Store: st, Processor: processor{runner}, Presenter: presenter{pres},
 		Logger: logger,
 	})
+	// Freed memory goes back to the system once the daemon is quiet after
+	// start-up, a connection change, messages or an app's call.
+	trim := newTrimmer(trimQuiet, trimMemory)
+	defer trim.stop()
 	svc, err := dbusapi.New(dbusapi.Config{
-		Address: cfg.Env.SessionBus, Backend: d, Logger: logger.With("part", "dbus"),
+		Address: cfg.Env.SessionBus, Backend: trimmedBackend{d, trim}, Logger: logger.With("part", "dbus"),
 		RequireConfinement: cfg.RequireConfinement,
 	})
 	if err != nil {
 		return err
 	}
-	d.SetBus(statusBus{svc})
+	d.SetBus(statusBus{svc, trim})
 	// The device state is known before apps are served, so the first
 	// connection already states the lowest wanted urgency.
 	if sys != nil {
@@ -184,10 +188,26 @@ func helperDirs(env config.Env) helpers.Dirs {
 	}
 }
 
-// statusBus forwards the connection state to systemd's STATUS= as well.
-type statusBus struct{ *dbusapi.Service }
+// statusBus forwards the connection state to systemd's STATUS= as well, and
+// tells the trimmer when the daemon works (a connection change, messages for
+// the apps).
+type statusBus struct {
+	*dbusapi.Service
+	trim *trimmer
+}
+
+func (b statusBus) EmitPost(appID string) error {
+	b.trim.poke()
+	return b.Service.EmitPost(appID)
+}
+
+func (b statusBus) DeliverUnifiedPush(ctx context.Context, m dbusapi.UPMessage) (bool, error) {
+	b.trim.poke()
+	return b.Service.DeliverUnifiedPush(ctx, m)
+}
 
 func (b statusBus) SetStatus(st dbusapi.Status) {
+	b.trim.poke()
 	b.Service.SetStatus(st)
 	status := "STATUS=" + st.State
 	if st.Server != "" {
