@@ -14,6 +14,8 @@ want gcc gcc
 want dbus-daemon dbus-daemon
 want dbus-send dbus-bin
 want gdbus libglib2.0-bin
+# make build links the system's SQLite, as the Debian package does.
+[ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 case "$what" in
 test | demo)
 	want dunst dunst
