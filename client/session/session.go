@@ -379,6 +379,15 @@ type conn struct {
 	compact bool
 }
 
+// minCompressedFrame is the size from which the device's JSON frames are
+// compressed (permessage-deflate, when negotiated). Deflating a frame of a
+// few hundred bytes saves a few dozen; it costs a 1.2 MB deflate writer
+// (gorilla pools one per garbage collection), which at start-up was most of
+// an idle heraldd's heap and made Go collect for the first time (issue 17).
+// Large frames (a drain's batched JSON acks, a hello of many apps' channels
+// is not: handshake frames never are) still are.
+const minCompressedFrame = 256
+
 // connect dials, says hello and serves the connection until it ends.
 func (s *Session) connect(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -402,6 +411,8 @@ func (s *Session) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The handshake's frames go uncompressed (minCompressedFrame).
+	ws.EnableWriteCompression(false)
 	_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
 	if err := ws.WriteMessage(websocket.TextMessage, hello); err != nil {
 		return fmt.Errorf("cannot send hello: %w", err)
@@ -445,6 +456,7 @@ func (s *Session) connect(ctx context.Context) error {
 	if !stopHandshake() {
 		return ctx.Err() // ctx ended during the handshake: the socket is closed
 	}
+	ws.EnableWriteCompression(true)
 	c := &conn{ws: ws, reqs: make(chan request), done: make(chan struct{}), compact: compact}
 	s.mu.Lock()
 	s.conn = c
@@ -551,6 +563,9 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		if err != nil {
 			return err
 		}
+		// Small frames (a register, one JSON ack) go uncompressed, as the
+		// handshake's: see minCompressedFrame.
+		ws.EnableWriteCompression(len(b) >= minCompressedFrame)
 		_ = ws.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
 		if err := ws.WriteMessage(websocket.TextMessage, b); err != nil {
 			return fmt.Errorf("cannot write to push server: %w", err)
