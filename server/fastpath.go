@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -634,6 +635,7 @@ type fastWriter struct {
 	hasCE      bool
 	hasDate    bool
 	out        []byte // the answer, headers as far as written
+	keys       []string
 	body       []byte
 }
 
@@ -645,19 +647,6 @@ func (w *fastWriter) reset(shutting bool) {
 }
 
 func (w *fastWriter) Header() http.Header { return w.h }
-
-// appender lets Header.Write append to a byte slice.
-type appender struct{ b *[]byte }
-
-func (a appender) Write(p []byte) (int, error) {
-	*a.b = append(*a.b, p...)
-	return len(p), nil
-}
-
-func (a appender) WriteString(s string) (int, error) {
-	*a.b = append(*a.b, s...)
-	return len(s), nil
-}
 
 func (w *fastWriter) WriteHeader(code int) {
 	if w.wrote {
@@ -671,7 +660,7 @@ func (w *fastWriter) WriteHeader(code int) {
 	}
 	w.wrote = true
 	w.status = code
-	if cl := w.h.Get("Content-Length"); cl != "" {
+	if cl := first(w.h, "Content-Length"); cl != "" {
 		if v, err := strconv.ParseInt(cl, 10, 64); err == nil && v >= 0 {
 			w.hasCL, w.cl = true, v
 		} else {
@@ -679,7 +668,7 @@ func (w *fastWriter) WriteHeader(code int) {
 		}
 	}
 	_, w.hasType = w.h["Content-Type"]
-	w.hasCE = w.h.Get("Content-Encoding") != ""
+	w.hasCE = first(w.h, "Content-Encoding") != ""
 	_, w.hasDate = w.h["Date"]
 	w.out = append(w.out, "HTTP/1.1 "...)
 	w.out = strconv.AppendInt(w.out, int64(code), 10)
@@ -708,10 +697,64 @@ func (w *fastWriter) WriteHeader(code int) {
 		}
 		exclude["Connection"] = true
 		w.closeAfter, w.addClose = true, true
-	case hasToken(w.h.Get("Connection"), "close"):
+	case hasToken(first(w.h, "Connection"), "close"):
 		w.closeAfter = true
 	}
-	_ = w.h.WriteSubset(appender{&w.out}, exclude)
+	w.out = w.appendHeader(w.out, exclude)
+}
+
+// appendHeader appends w.h but the keys in exclude as Header.WriteSubset
+// writes it (keys sorted, invalid ones left out, a value's CR and LF made
+// spaces and its ends trimmed), without its sorter and replacer.
+func (w *fastWriter) appendHeader(b []byte, exclude map[string]bool) []byte {
+	keys := w.keys[:0]
+	for k := range w.h {
+		if !exclude[k] {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	w.keys = keys
+	for _, k := range keys {
+		if !validFieldName(k) {
+			continue
+		}
+		for _, v := range w.h[k] {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			i, j := 0, len(v)
+			for i < j && isHeaderSpace(v[i]) {
+				i++
+			}
+			for j > i && isHeaderSpace(v[j-1]) {
+				j--
+			}
+			for ; i < j; i++ {
+				if c := v[i]; c == '\r' || c == '\n' {
+					b = append(b, ' ')
+				} else {
+					b = append(b, c)
+				}
+			}
+			b = append(b, "\r\n"...)
+		}
+	}
+	return b
+}
+
+func isHeaderSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// validFieldName reports whether k is a token (httpguts.ValidHeaderFieldName).
+func validFieldName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if !isTokenChar(k[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *fastWriter) Write(p []byte) (int, error) {
@@ -759,6 +802,14 @@ func (w *fastWriter) finish(now time.Time) []byte {
 	}
 	w.out = append(w.out, "\r\n"...)
 	return append(w.out, w.body...)
+}
+
+// first is h.Get(k) for a canonical k (no canonicalization).
+func first(h http.Header, k string) string {
+	if v := h[k]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func bodyAllowed(status int) bool {

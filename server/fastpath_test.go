@@ -382,3 +382,25 @@ func TestFastPathTLSListener(t *testing.T) {
 		t.Errorf("fast path answered %d TLS requests", n)
 	}
 }
+
+// FuzzFastHeader checks that the fast path writes a handler's header as
+// net/http's Header.WriteSubset does.
+func FuzzFastHeader(f *testing.F) {
+	f.Add("Location", "http://h/m/x", "Ttl", " 60\r\n", "Content-Length", "0")
+	f.Add("Bad Key", "v", "X", "a\nb\rc", "X", "\t")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3 string) {
+		h := http.Header{}
+		h[k1] = append(h[k1], v1)
+		h[k2] = append(h[k2], v2)
+		h[k3] = append(h[k3], v3)
+		exclude := map[string]bool{k3: len(v3)%2 == 1}
+		var want bytes.Buffer
+		if err := h.WriteSubset(&want, exclude); err != nil {
+			t.Fatal(err)
+		}
+		w := fastWriter{h: h}
+		if got := w.appendHeader(nil, exclude); string(got) != want.String() {
+			t.Fatalf("fast path writes %q, net/http %q", got, want.String())
+		}
+	})
+}
