@@ -193,8 +193,9 @@ func (d *Daemon) kickOwned(o *owned, appID string) {
 		return
 	}
 	w.running = true
+	isUP := hasUPReg(o, appID) // here, not by a second call into the loop from the worker
 	if !d.goBackground(func(ctx context.Context) {
-		retryAt := d.pass(ctx, appID)
+		retryAt := d.pass(ctx, appID, isUP)
 		d.send(func(o *owned) { d.workerDone(o, appID, retryAt) })
 	}) {
 		w.running = false
@@ -266,18 +267,14 @@ func (d *Daemon) regsOf(b app.Backend) []store.Registration {
 	return out
 }
 
-// hasUPReg reports whether appID has a UnifiedPush registration.
-func (d *Daemon) hasUPReg(appID string) bool {
-	found := false
-	d.ask(func(o *owned) {
-		for _, r := range o.regs {
-			if r.AppID == appID && r.Kind == app.KindUnifiedPush {
-				found = true
-				return
-			}
+// hasUPReg reports whether appID has a UnifiedPush registration (owner loop).
+func hasUPReg(o *owned, appID string) bool {
+	for _, r := range o.regs {
+		if r.AppID == appID && r.Kind == app.KindUnifiedPush {
+			return true
 		}
-	})
-	return found
+	}
+	return false
 }
 
 func (d *Daemon) putReg(r store.Registration) {

@@ -37,10 +37,10 @@ const (
 	drainQuiet = 250 * time.Millisecond
 )
 
-// pass handles what appID's inbox holds now. It returns when a queued
-// UnifiedPush message must be delivered again later.
-func (d *Daemon) pass(ctx context.Context, appID string) (retryAt time.Time) {
-	isUP := d.hasUPReg(appID)
+// pass handles what appID's inbox holds now; isUP says the app has a
+// UnifiedPush registration. It returns when a queued UnifiedPush message
+// must be delivered again later.
+func (d *Daemon) pass(ctx context.Context, appID string, isUP bool) (retryAt time.Time) {
 	dropped := false
 	// Every message of the app up to mark is queued or gone: the inbox is
 	// read after it, not through the queued messages the app has not
