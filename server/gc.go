@@ -9,7 +9,7 @@ import (
 )
 
 // DefaultMinHeapGoal is the smallest heap goal KeepHeapGoal keeps.
-const DefaultMinHeapGoal = 64 << 20
+const DefaultMinHeapGoal = 32 << 20
 
 // KeepHeapGoal lets the heap grow to at least min bytes before a garbage
 // collection. With the default GOGC=100 the heap goal is twice the live heap:

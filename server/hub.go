@@ -110,7 +110,8 @@ func (h *hub) start() bool {
 // watchWrites closes, every period, the connections whose write has been
 // blocked for longer than writeTimeout (a device that stopped reading): the
 // write fails, which ends the connection. It stands for a write deadline
-// per frame. Runs until ctx ends.
+// per frame. It also pokes the readers of devices quiet for hotIdle (loop).
+// Runs until ctx ends.
 func (h *hub) watchWrites(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -120,8 +121,19 @@ func (h *hub) watchWrites(ctx context.Context, period time.Duration) {
 			return
 		case <-t.C:
 		}
-		for _, c := range h.stuckWrites(monotime(), writeTimeout) {
+		now := monotime()
+		for _, c := range h.stuckWrites(now, writeTimeout) {
 			c.ws.NetConn().Close()
+		}
+		// Readers quiet for hotIdle go on with a small stack (loop).
+		h.mu.Lock()
+		conns := make([]*conn, 0, len(h.conns))
+		for _, c := range h.conns {
+			conns = append(conns, c)
+		}
+		h.mu.Unlock()
+		for _, c := range conns {
+			c.poke(now - int64(hotIdle))
 		}
 	}
 }
@@ -173,8 +185,10 @@ type conn struct {
 	// writing is the monotime at which the write under way began, 0 when
 	// none is: writes have no deadline of their own (watchWrites).
 	writing atomic.Int64
-	// extended is the monotime of the last read deadline set (reader only).
-	extended int64
+	// extended is the monotime of the last read deadline set (by the
+	// reader, at most once a second while frames come: poke reads it as
+	// when the device was last heard).
+	extended atomic.Int64
 	// compact is set once the device has asked for compact frames
 	// (extension "compact"): notifications are written, and acks read, as
 	// binary frames (frames.go).
@@ -192,6 +206,12 @@ type conn struct {
 	more      bool         // guarded by mu; a live message was left in the store while draining
 	cursor    int64        // guarded by mu; stored messages up to this Seq were fetched
 	closed    bool         // guarded by mu; no more writes
+	// The reader goroutine stays after handling frames (loop); once the
+	// device has been quiet for hotIdle, watchWrites pokes it out of its
+	// wait and it goes on as a fresh goroutine with a small stack.
+	waiting bool // guarded by mu: the reader waits in waitReadable
+	hot     bool // guarded by mu: …on a goroutine that handled frames
+	poked   bool // guarded by mu: its read deadline was set to now
 	// batch is the stored batch size the device asked for (extension
 	// "batch"); 0 is protocol.BatchSize, the next batch after every ack.
 	batch int         // guarded by mu
@@ -459,16 +479,25 @@ func (c *conn) detach() {
 }
 
 // loop reads and handles the device's frames until the connection ends. It
-// waits for the device on a small stack (waitReadable) and, once the frames
-// that woke it are handled, goes on as a fresh goroutine: reading and
-// handling grew this one's stack, and a parked goroutine keeps its stack.
+// waits for the device on a small stack (waitReadable). Reading and handling
+// grow the goroutine's stack, and a parked goroutine keeps its stack: once
+// the device has been quiet for hotIdle, the wait is poked (watchWrites) and
+// the loop goes on as a fresh goroutine. Going fresh after every frame
+// instead cost a stack growth and a goroutine per ack (~4 % of the CPU under
+// the throughput load).
 func (c *conn) loop() {
 	s := c.s
 	ctx := context.Background()
+	hot := false
 	for {
-		if err := c.waitReadable(); err != nil {
+		poked, err := c.waitReadable(hot)
+		if err != nil {
 			s.log.Debug("device disconnected", "err", err)
 			c.end()
+			return
+		}
+		if poked {
+			go c.loop()
 			return
 		}
 		if c.skipPong() {
@@ -479,11 +508,33 @@ func (c *conn) loop() {
 			c.end()
 			return
 		}
-		if c.br == nil || c.br.Buffered() == 0 {
+		if c.raw == nil && (c.br == nil || c.br.Buffered() == 0) {
+			// gorilla's own blocking read (TLS): no small-stack wait to
+			// poke, so go fresh at once as before.
 			go c.loop()
 			return
 		}
+		hot = true
 	}
+}
+
+// hotIdle is how long a device may be quiet before its reader, whose stack
+// grew handling its frames, is poked to go on as a fresh goroutine.
+const hotIdle = 5 * time.Second
+
+// poke wakes the reader if it waits on a goroutine that has handled frames
+// and has not heard from the device since before idleSince (monotime): its
+// read deadline is set to now, and waitReadable restores it. poked says a
+// poke is pending.
+func (c *conn) poke(idleSince int64) (poked bool) {
+	c.mu.Lock()
+	if c.waiting && c.hot && !c.poked && !c.closed && c.extended.Load() < idleSince {
+		c.poked = true
+		c.ws.NetConn().SetReadDeadline(time.Now())
+	}
+	poked = c.poked
+	c.mu.Unlock()
+	return poked
 }
 
 // end closes the connection and releases what it holds.
@@ -553,7 +604,7 @@ func (c *conn) readHello() (*protocol.Hello, error) {
 // by the reader only.
 func (c *conn) extendDeadline() {
 	now := monotime()
-	if c.extended != 0 && now-c.extended < int64(time.Second) {
+	if last := c.extended.Load(); last != 0 && now-last < int64(time.Second) {
 		return
 	}
 	c.mu.Lock()
@@ -562,7 +613,7 @@ func (c *conn) extendDeadline() {
 	if closed {
 		return // shut has set the final deadline
 	}
-	c.extended = now
+	c.extended.Store(now)
 	c.ws.SetReadDeadline(time.Now().Add(c.s.cfg.PingInterval + pongGrace))
 }
 

@@ -2,8 +2,10 @@ package server
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 )
 
 // An idle device connection costs one goroutine parked on a small stack
@@ -39,13 +41,31 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // socket's (a read deadline, the connection closed). It reads into gorilla's
 // buffer itself (bufio's Peek), which is shallow on the stack and costs
 // one read syscall fewer per frame than asking the socket with MSG_PEEK
-// first: gorilla then finds the frame buffered.
-func (c *conn) waitReadable() error {
+// first: gorilla then finds the frame buffered. hot says this goroutine has
+// handled frames (its stack grew); poked says the wait was ended by poke,
+// with nothing read: the caller goes on as a fresh goroutine.
+func (c *conn) waitReadable(hot bool) (poked bool, err error) {
 	if c.br == nil || c.raw == nil || c.br.Buffered() > 0 {
-		return nil
+		return false, nil
 	}
-	_, err := c.br.Peek(1)
-	return err
+	c.mu.Lock()
+	c.waiting, c.hot = true, hot
+	c.mu.Unlock()
+	_, err = c.br.Peek(1)
+	c.mu.Lock()
+	c.waiting = false
+	poked, c.poked = c.poked, false
+	c.mu.Unlock()
+	if !poked {
+		return false, err
+	}
+	// The deadline poke set: back to the device's own.
+	c.extended.Store(0)
+	c.extendDeadline()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true, nil
+	}
+	return false, err
 }
 
 // skipPong consumes a pong frame that is complete at the head of the read
