@@ -479,8 +479,8 @@ func (fc *fastConn) serve() {
 		}
 		if !handedOff {
 			fc.c.Close()
+			fastBufs.Put(buf)
 		}
-		fastBufs.Put(buf)
 		fc.forget()
 	}()
 	start, n := 0, 0
@@ -525,7 +525,7 @@ func (fc *fastConn) serve() {
 			}
 			continue
 		case parseHandoff:
-			fc.handoff(buf[start:n])
+			fc.handoff(buf, buf[start:n])
 			handedOff = true
 			return
 		}
@@ -540,7 +540,7 @@ func (fc *fastConn) serve() {
 			start = 0
 		}
 		if n == len(buf) {
-			fc.handoff(buf[:n]) // not within the bounds: net/http's
+			fc.handoff(buf, buf[:n]) // not within the bounds: net/http's
 			handedOff = true
 			return
 		}
@@ -560,20 +560,26 @@ func (fc *fastConn) serve() {
 		// the header timeout (net/http has no deadline for bodies): net/http
 		// answers what it makes of it.
 		fc.c.SetReadDeadline(time.Time{})
-		fc.handoff(buf[:n])
+		fc.handoff(buf, buf[:n])
 		handedOff = true
 		return
 	}
 }
 
-// handoff passes the connection to net/http, which reads pending first.
-func (fc *fastConn) handoff(pending []byte) {
+// handoff passes the connection to net/http, which reads pending (in buf,
+// which goes back to the pool once read) first.
+func (fc *fastConn) handoff(buf *[fastBufSize]byte, pending []byte) {
 	fc.forget()
 	if fc.l.shutting.Load() {
 		fc.c.Close()
+		fastBufs.Put(buf)
 		return
 	}
-	fc.l.handoff(&replayConn{TCPConn: fc.c, pending: bytes.Clone(pending)})
+	rc := &replayConn{TCPConn: fc.c, buf: buf, pending: pending}
+	if len(pending) == 0 {
+		rc.release()
+	}
+	fc.l.handoff(rc)
 }
 
 // handle answers the request parsed into fc.st at now (the answer's Date).
@@ -851,6 +857,7 @@ func trimOWSString(s string) string {
 // fast path read first, then the socket.
 type replayConn struct {
 	*net.TCPConn
+	buf     *[fastBufSize]byte // holds pending; back to fastBufs once it is read
 	pending []byte
 	drained atomic.Bool
 }
@@ -860,12 +867,19 @@ func (c *replayConn) Read(p []byte) (int, error) {
 		n := copy(p, c.pending)
 		c.pending = c.pending[n:]
 		if len(c.pending) == 0 {
-			c.pending = nil
-			c.drained.Store(true)
+			c.release()
 		}
 		return n, nil
 	}
 	return c.TCPConn.Read(p)
+}
+
+// release gives the buffer back once every replayed byte is read.
+func (c *replayConn) release() {
+	c.pending = nil
+	fastBufs.Put(c.buf)
+	c.buf = nil
+	c.drained.Store(true)
 }
 
 var errPending = errors.New("connection has replayed bytes left")
@@ -880,8 +894,7 @@ func (c *replayConn) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return n, err
 		}
-		c.pending = nil
-		c.drained.Store(true)
+		c.release()
 	}
 	m, err := c.TCPConn.WriteTo(w)
 	return n + m, err
