@@ -88,8 +88,9 @@ type Config struct {
 	// AckDelay is how long acks of stored notifications may wait to be sent
 	// together in one frame (a message is durable on the device before its
 	// ack is queued, so only the server's copy lives that much longer). A
-	// full batch (protocol.BatchSize) is acked at once. Zero: DefaultAckDelay;
-	// negative: every batch is acked at once.
+	// full batch (protocol.BatchSize) and a Live batch are acked at once, so
+	// the delay only joins the acks of a server's stored batches. Zero:
+	// DefaultAckDelay; negative: every batch is acked at once.
 	AckDelay time.Duration
 	// Batch is the stored batch size asked of a server that names the
 	// "batch" extension (protocol.ExtBatch): 0 is protocol.MaxBatchSize, a
@@ -608,7 +609,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 	inDrain := true
 	drainEnd := s.cfg.Now().Add(maxDrainPhase)
 	drainUntil := s.cfg.Now().Add(drainGap)
-	store := func(batch []*protocol.Notification) []protocol.Update {
+	store := func(batch []*protocol.Notification) error {
 		now := s.cfg.Now()
 		if inDrain && (now.After(drainUntil) || now.After(drainEnd)) {
 			inDrain = false
@@ -622,7 +623,17 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 		}
 		us := s.storeBatch(ctx, batch, kind)
 		drainUntil = s.cfg.Now().Add(drainGap)
-		return us
+		if err := queueAcks(us); err != nil {
+			return err
+		}
+		if kind == Live {
+			// A live message is acked at once (with any ack waiting):
+			// herald-server waits a little for the ack of a message it
+			// wrote early and then need not store it, answering 201 at
+			// the ack. Delayed, the ack made the server wait and store.
+			return flush()
+		}
+		return nil
 	}
 	for {
 		select {
@@ -734,7 +745,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 							continue
 						}
 						// Not a notification: handle the batch first, then this frame.
-						if err := queueAcks(store(batch)); err != nil {
+						if err := store(batch); err != nil {
 							return err
 						}
 						batch = batch[:0]
@@ -748,7 +759,7 @@ func (s *Session) serve(ctx context.Context, c *conn) error {
 					}
 				}
 				if len(batch) > 0 {
-					if err := queueAcks(store(batch)); err != nil {
+					if err := store(batch); err != nil {
 						return err
 					}
 				}

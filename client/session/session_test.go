@@ -445,9 +445,11 @@ func TestAcksCoalesce(t *testing.T) {
 		name  string
 		delay time.Duration
 		n     int
+		live  bool // the messages come after the drain phase
 	}{
-		{"full batch", time.Hour, protocol.BatchSize},
-		{"after the delay", time.Millisecond, 1},
+		{"full batch", time.Hour, protocol.BatchSize, false},
+		{"after the delay", time.Millisecond, 1, false},
+		{"live at once", time.Hour, 1, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newFakeServer(t)
@@ -458,12 +460,27 @@ func TestAcksCoalesce(t *testing.T) {
 				stored <- n.Version
 				return protocol.AckDelivered
 			}
-			s, _ := start(t, Config{URL: srv.url(), Handler: h, AckDelay: tt.delay})
+			// The clock stands still: messages sent right after the hello
+			// stay in the drain phase (stored batches) however slow the
+			// machine, until the test moves it past the phase.
+			var mu sync.Mutex
+			now := time.Unix(1e9, 0)
+			clock := func() time.Time {
+				mu.Lock()
+				defer mu.Unlock()
+				return now
+			}
+			s, _ := start(t, Config{URL: srv.url(), Handler: h, AckDelay: tt.delay, Now: clock})
 			s.SetWanted(true)
 			c := srv.accept(t)
 			readMsg(t, c) // hello
 			writeMsg(t, c, &protocol.Hello{UAID: uaid, Status: 200, UseWebPush: true})
 			h.waitState(t, StateConnected)
+			if tt.live {
+				mu.Lock()
+				now = now.Add(maxDrainPhase + time.Second)
+				mu.Unlock()
+			}
 			var want []protocol.Update
 			for i := range tt.n {
 				v := fmt.Sprintf("v%d", i)
