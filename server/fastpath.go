@@ -282,6 +282,7 @@ type fastListener struct {
 	active   map[*fastConn]struct{} // guarded by mu
 	wg       sync.WaitGroup         // the fast path's connection goroutines
 
+	bufs   sync.Pool    // *[fastBufSize]byte read buffers
 	served atomic.Int64 // requests answered by the fast path (tests)
 	date   atomic.Pointer[fastDate]
 }
@@ -306,6 +307,7 @@ func (l *fastListener) appendDate(b []byte, now time.Time) []byte {
 func newFastListener(ln net.Listener, handle http.HandlerFunc, log *slog.Logger) *fastListener {
 	return &fastListener{
 		ln: ln, handle: handle, log: log,
+		bufs:   sync.Pool{New: func() any { return new([fastBufSize]byte) }},
 		conns:  make(chan net.Conn),
 		errc:   make(chan error, 1),
 		done:   make(chan struct{}),
@@ -442,8 +444,6 @@ type fastState struct {
 	parse fastRequest
 }
 
-var fastBufs = sync.Pool{New: func() any { return new([fastBufSize]byte) }}
-
 func (fc *fastConn) forget() {
 	fc.l.mu.Lock()
 	delete(fc.l.active, fc)
@@ -471,7 +471,7 @@ func (fc *fastConn) parse(b []byte) parseResult {
 // serve answers canonical pushes until the connection ends or a request
 // is for net/http.
 func (fc *fastConn) serve() {
-	buf := fastBufs.Get().(*[fastBufSize]byte)
+	buf := fc.l.bufs.Get().(*[fastBufSize]byte)
 	handedOff := false
 	defer func() {
 		if v := recover(); v != nil {
@@ -479,7 +479,7 @@ func (fc *fastConn) serve() {
 		}
 		if !handedOff {
 			fc.c.Close()
-			fastBufs.Put(buf)
+			fc.l.bufs.Put(buf)
 		}
 		fc.forget()
 	}()
@@ -572,10 +572,10 @@ func (fc *fastConn) handoff(buf *[fastBufSize]byte, pending []byte) {
 	fc.forget()
 	if fc.l.shutting.Load() {
 		fc.c.Close()
-		fastBufs.Put(buf)
+		fc.l.bufs.Put(buf)
 		return
 	}
-	rc := &replayConn{TCPConn: fc.c, buf: buf, pending: pending}
+	rc := &replayConn{TCPConn: fc.c, bufs: &fc.l.bufs, buf: buf, pending: pending}
 	if len(pending) == 0 {
 		rc.release()
 	}
@@ -857,7 +857,8 @@ func trimOWSString(s string) string {
 // fast path read first, then the socket.
 type replayConn struct {
 	*net.TCPConn
-	buf     *[fastBufSize]byte // holds pending; back to fastBufs once it is read
+	bufs    *sync.Pool
+	buf     *[fastBufSize]byte // holds pending; back to bufs once it is read
 	pending []byte
 	drained atomic.Bool
 }
@@ -877,7 +878,7 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // release gives the buffer back once every replayed byte is read.
 func (c *replayConn) release() {
 	c.pending = nil
-	fastBufs.Put(c.buf)
+	c.bufs.Put(c.buf)
 	c.buf = nil
 	c.drained.Store(true)
 }
