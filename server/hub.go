@@ -244,30 +244,13 @@ type earlyMsg struct {
 	// store writes it: the store then leaves it out (PutOptions.Acked).
 	delivered atomic.Bool
 	acked     bool // guarded by the conn's mu: any ack arrived before committed
-	// ackc is closed when acked is set.
-	ackc chan struct{}
+	// state is earlyWaiting until the device acks (earlyAcked) or the
+	// put's wait for it ends (earlyTimedOut); ackc is closed then.
+	state atomic.Int32
+	ackc  chan struct{}
 	// wait is how long a plain put waits for the ack (putDelivering).
-	wait time.Duration
-}
-
-// await waits up to d for the device's ack of e and reports whether it came.
-func (e *earlyMsg) await(d time.Duration) bool {
-	select {
-	case <-e.ackc:
-		return true
-	default:
-	}
-	if d <= 0 {
-		return false
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-e.ackc:
-		return true
-	case <-t.C:
-		return false
-	}
+	wait     time.Duration
+	deadline int64 // monotime the wait ends (ackWaits)
 }
 
 // heraldExtensions are the Herald extensions the server names in its hello
@@ -667,7 +650,7 @@ func (c *conn) handle(ctx context.Context, m protocol.Message) error {
 				if u.Code == 0 || u.Code == protocol.AckDelivered {
 					st.early.delivered.Store(true)
 				}
-				close(st.early.ackc) // after delivered: the put reads it on waking
+				st.early.ack() // after delivered: the put reads it on waking
 				continue
 			}
 			refs = append(refs, r)
@@ -1177,7 +1160,7 @@ func (s *Server) putDelivering(ctx context.Context, m *Message, o PutOptions, no
 			}
 		}
 	}
-	if e != nil && (!o.Replace || m.Topic == "") && e.await(e.wait) && e.delivered.Load() {
+	if e != nil && (!o.Replace || m.Topic == "") && e.await(e.wait, &s.ackWaits) && e.delivered.Load() {
 		// Acked as delivered before it was stored: a plain put has nothing
 		// left to do (a replacing one still deletes the older messages).
 		c.committed(context.WithoutCancel(ctx), m, e, false, nil)

@@ -155,6 +155,7 @@ type Server struct {
 	wsRL     *limiter // websocket upgrades per client address
 	wsConns  connCounter
 	hub      hub
+	ackWaits ackWaits // the waits for early acks (putDelivering)
 	lomiri   lhub
 	tokens   tokenCache
 	frames   sync.Pool                    // *[]byte buffers for notification frames (gorilla copies them)
